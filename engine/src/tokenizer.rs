@@ -1,0 +1,1 @@
+//! The llama2.c tokenizer.
