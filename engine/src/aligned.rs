@@ -1,0 +1,96 @@
+//! 64-byte aligned f32 buffers: every SIMD load from an activation or the KV cache starts on
+//! a cache-line boundary, and the allocation happens once.
+
+use std::ops::{Deref, DerefMut};
+
+/// One cache line of floats; a `Vec` of these is a 64-byte aligned float buffer.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A zero-initialised, 64-byte aligned, fixed-length f32 buffer.
+pub struct AlignedVec {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedVec {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+}
+
+impl Deref for AlignedVec {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `Line` is repr(C) over 16 f32s, so the lines are `16 * lines.len() >= len`
+        // contiguous, initialised f32s.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedVec {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for AlignedVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedVec(len {})", self.len)
+    }
+}
+
+/// A 64-byte aligned byte buffer for a realigned copy of a checkpoint.
+pub struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` zero bytes.
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0.0; 16]); len.div_ceil(64)],
+            len,
+        }
+    }
+}
+
+impl Deref for AlignedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the lines are `64 * lines.len() >= len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_sized() {
+        for n in [1, 15, 16, 17, 1000] {
+            let mut v = AlignedVec::zeros(n);
+            assert_eq!(v.len(), n);
+            assert_eq!(v.as_ptr() as usize % 64, 0);
+            v[n - 1] = 3.0;
+            assert_eq!(v.iter().sum::<f32>(), 3.0);
+            let b = AlignedBytes::zeros(n);
+            assert_eq!((b.len(), b.as_ptr() as usize % 64), (n, 0));
+        }
+    }
+}

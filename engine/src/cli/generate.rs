@@ -1,0 +1,136 @@
+//! `baremetal generate`: stream text (or ids) to stdout, speed to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use engine::generate::{generate, max_steps, BOS};
+use engine::sampler::{Sampler, SamplerConfig};
+use engine::tokenizer::{Tokenizer, Utf8Stream};
+use engine::Session;
+
+/// Arguments of `generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The checkpoint (llama2.c v0 or v1).
+    #[arg(long)]
+    model: PathBuf,
+    /// The llama2.c tokenizer.bin (needed for text; optional with --ids).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The prompt text (needs --tokenizer).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate. Clamped, with a notice, to what fits the model's context.
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
+    steps: usize,
+    /// Sampling temperature; 0 is greedy (argmax).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability exceeds this (1 = off).
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    top_p: f32,
+    /// Keep only the k most probable tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Random seed (default: from the clock; printed so the run can be repeated).
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<u64>,
+    /// Print the generated token ids (space-separated, BOS excluded) instead of text.
+    #[arg(long)]
+    ids: bool,
+    #[command(flatten)]
+    run: super::RunOpts,
+}
+
+/// Runs `generate`.
+pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    // Flags first: a bad flag is reported before any file is read.
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let sampler_cfg = SamplerConfig { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, seed };
+    sampler_cfg.validate()?;
+    super::existing(&a.model, "checkpoint")?;
+    let (model, backend) = a.run.load(&a.model)?;
+    let cfg = model.config().clone();
+    let tokenizer = match &a.tokenizer {
+        Some(path) => {
+            super::existing(path, "tokenizer")?;
+            Some(Tokenizer::from_file(path, cfg.vocab_size)?)
+        }
+        None if !a.ids => anyhow::bail!("printing text needs --tokenizer tokenizer.bin (or pass --ids for token ids)"),
+        None => None,
+    };
+    let prompt = match &tokenizer {
+        Some(t) => t.encode(&a.prompt, true, false),
+        None if a.prompt.is_empty() => vec![BOS],
+        None => anyhow::bail!("--prompt needs --tokenizer to turn the text into tokens"),
+    };
+    if prompt.len() > cfg.seq_len {
+        anyhow::bail!(
+            "the prompt is {} tokens but the model's context ({}) holds {}; shorten the prompt",
+            prompt.len(),
+            a.model.display(),
+            cfg.seq_len
+        );
+    }
+    let limit = max_steps(prompt.len(), cfg.seq_len);
+    let steps = if a.steps > limit {
+        eprintln!("note: --steps {} does not fit the context of {} positions after a {}-token prompt; generating {limit}", a.steps, cfg.seq_len, prompt.len());
+        limit
+    } else {
+        a.steps
+    };
+    let mut sampler = Sampler::new(cfg.vocab_size, sampler_cfg);
+
+    let describe = backend.describe();
+    let mut session = Session::new(&model, backend);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut text = String::new();
+    let mut utf8 = Utf8Stream::default();
+    let mut first = true;
+    let mut write_err = None;
+    if let (Some(t), false) = (&tokenizer, a.ids) {
+        // Echo the prompt as llama2.c does, so the output reads as one text.
+        for w in prompt.windows(2) {
+            utf8.push(t.decode_piece(w[0], w[1]), &mut text);
+        }
+    }
+    let stats = generate(&mut session, &prompt, steps, &mut sampler, |ev| {
+        let r = match (&tokenizer, a.ids) {
+            (Some(t), false) => {
+                utf8.push(t.decode_piece(ev.prev, ev.token), &mut text);
+                let r = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+                text.clear();
+                r
+            }
+            _ => {
+                let sep = if first { "" } else { " " };
+                first = false;
+                write!(out, "{sep}{}", ev.token)
+            }
+        };
+        if let Err(e) = r {
+            write_err.get_or_insert(e);
+        }
+    })?;
+    if tokenizer.is_some() && !a.ids {
+        utf8.finish(&mut text);
+        out.write_all(text.as_bytes())?;
+    }
+    writeln!(out)?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    eprintln!(
+        "{} tokens at {:.1} tok/s ({} prompt tokens, first token after {:.1} ms; {describe}; seed {seed})",
+        stats.generated,
+        stats.tokens_per_second(),
+        stats.prompt_tokens,
+        stats.time_to_first_token.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}

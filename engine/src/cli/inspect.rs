@@ -1,0 +1,44 @@
+//! `baremetal inspect`: a checkpoint's shape as TOML, plus how this binary would run it.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use engine::backend::{compiled_config, rebuild_command};
+use engine::{Model, Realign};
+
+/// Arguments of `inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The checkpoint (llama2.c v0 or v1).
+    model: PathBuf,
+}
+
+/// Prints the config as a MODEL_CONFIG file; everything else goes in TOML comments.
+pub fn run(a: InspectArgs) -> anyhow::Result<()> {
+    super::existing(&a.model, "checkpoint")?;
+    let model = Model::open(&a.model, Realign::Never)?;
+    let cfg = model.config();
+    let layout = model.layout();
+    let compiled = compiled_config();
+    let params = cfg.parameter_count();
+    println!("# {}", a.model.display());
+    println!("# format: {}; {} bytes; {:.2}M parameters", model.format(), layout.file_bytes, params as f64 / 1e6);
+    println!(
+        "# classifier: {}",
+        if cfg.shared_classifier { "tied to the token embedding" } else { "stored separately (untied)" }
+    );
+    println!("# weights: {}", model.placement_summary());
+    println!("# weight bytes read per token: {}", cfg.weight_floats_per_token() * 4);
+    if cfg.same_shape(&compiled) {
+        println!("# this binary: compiled for this shape ({}); runs it on specialised kernels", compiled.name);
+    } else {
+        println!(
+            "# this binary: compiled for {} [{}]; runs this model only with --generic; to specialise: {}",
+            compiled.name,
+            compiled.shape_summary(),
+            rebuild_command(cfg, &a.model)
+        );
+    }
+    print!("{}", cfg.to_toml());
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Command-line parsing and the one place errors become a message and an exit code.
+
+mod generate;
+mod inspect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use engine::backend::{compiled_config, Backend};
+use engine::kernels::Isa;
+use engine::{Model, Realign};
+
+/// A Llama-2 inference engine specialised at build time for one model shape.
+#[derive(Parser)]
+#[command(name = "baremetal")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text (or token ids) from a llama2.c checkpoint.
+    Generate(generate::GenerateArgs),
+    /// Print a checkpoint's shape as a MODEL_CONFIG TOML file, with its format and size.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Options shared by every command that runs a model.
+#[derive(Args, Clone)]
+pub struct RunOpts {
+    /// Run on the generic runtime-shape kernels (any model; the comparison baseline).
+    #[arg(long)]
+    pub generic: bool,
+    /// Force an instruction set: portable, avx2, avx512 or neon (default: the best available).
+    #[arg(long)]
+    pub isa: Option<Isa>,
+    /// Copy a checkpoint whose tensors are not 64-byte aligned on disk (v0) into aligned
+    /// memory at load, instead of reading it in place.
+    #[arg(long)]
+    pub realign: bool,
+}
+
+impl RunOpts {
+    /// Opens the model and picks its kernels.
+    pub fn load(&self, path: &std::path::Path) -> anyhow::Result<(Model, Backend)> {
+        let realign = if self.realign { Realign::IfMisaligned } else { Realign::Never };
+        let model = Model::open(path, realign)?;
+        let backend = if self.generic {
+            Backend::generic(self.isa)
+        } else {
+            Backend::specialised(model.config(), path, self.isa)?
+        };
+        let backend = backend.ok_or_else(|| {
+            anyhow::anyhow!(
+                "this CPU cannot run the {} instruction set; choose one of: {}",
+                self.isa.map_or("requested", |i| i.name()),
+                Isa::all().iter().filter(|i| i.is_supported()).map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        Ok((model, backend))
+    }
+}
+
+/// The long `--version` text: the compiled shape and the ISA chosen at start-up.
+fn long_version() -> String {
+    let c = compiled_config();
+    format!(
+        "{}\ncompiled for: {} [{}]\nkernels: {} (best this CPU supports; --isa overrides)",
+        env!("CARGO_PKG_VERSION"),
+        c.name,
+        c.shape_summary(),
+        Isa::best().name()
+    )
+}
+
+/// Parses arguments, runs the command, and turns any error into one line on stderr.
+pub fn main() -> ExitCode {
+    let version: &'static str = Box::leak(long_version().into_boxed_str());
+    let matches = Cli::command().version(env!("CARGO_PKG_VERSION")).long_version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One sentence from an error and its causes, without repeating what a cause already says.
+fn chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
+}
+
+/// A path argument that must exist, checked up front for a clear message.
+pub fn existing(path: &PathBuf, what: &str) -> anyhow::Result<()> {
+    if !path.exists() {
+        anyhow::bail!("{what} {} does not exist", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The transformer forward pass for one token, top to bottom, as in llama2.c's `run.c`.
+
+use model_config::ModelConfig;
+
+use crate::backend::{Backend, Matrix};
+use crate::model::Weights;
+use crate::state::{Rope, RunState};
+
+/// Runs token `token` at position `pos` and returns the logits. Allocates nothing.
+///
+/// # Panics
+/// When `token >= vocab_size` or `pos >= seq_len`; callers validate both.
+pub fn forward<'s>(
+    b: &Backend,
+    c: &ModelConfig,
+    w: &Weights,
+    rope: &Rope,
+    s: &'s mut RunState,
+    token: usize,
+    pos: usize,
+) -> &'s mut [f32] {
+    assert!(token < c.vocab_size && pos < c.seq_len, "token {token} / position {pos} out of range");
+    let (kv_dim, hs) = (c.kv_dim(), c.head_dim());
+    let kv_group = c.kv_group();
+    // run.c divides by sqrtf(head_size); dividing (not multiplying by the inverse) keeps us bit-close.
+    let sqrt_hs = (hs as f32).sqrt();
+
+    s.x.copy_from_slice(w.embedding(token));
+
+    for l in 0..c.n_layers {
+        let lw = w.layer(l);
+        // Attention: this position's key and value go straight into the cache.
+        b.rmsnorm(&mut s.xb, &s.x, lw.rms_att, c.norm_eps);
+        let at = (l * c.seq_len + pos) * kv_dim;
+        let k = &mut s.key_cache[at..at + kv_dim];
+        let v = &mut s.value_cache[at..at + kv_dim];
+        b.gemv(Matrix::Q, &mut s.q, lw.wq, &s.xb);
+        b.gemv(Matrix::K, k, lw.wk, &s.xb);
+        b.gemv(Matrix::V, v, lw.wv, &s.xb);
+        rope.rotate(&mut s.q, pos);
+        rope.rotate(k, pos);
+
+        let layer = l * c.seq_len * kv_dim;
+        let keys = &s.key_cache[layer..layer + (pos + 1) * kv_dim];
+        let values = &s.value_cache[layer..layer + (pos + 1) * kv_dim];
+        for h in 0..c.n_heads {
+            let q = &s.q[h * hs..(h + 1) * hs];
+            let kv_off = (h / kv_group) * hs;
+            let att = &mut s.att[h * c.seq_len..h * c.seq_len + pos + 1];
+            for (t, a) in att.iter_mut().enumerate() {
+                let key = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
+                *a = dot(q, key) / sqrt_hs;
+            }
+            softmax(att);
+            let out = &mut s.xb[h * hs..(h + 1) * hs];
+            out.fill(0.0);
+            for (t, &a) in att.iter().enumerate() {
+                let value = &values[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
+                for (o, &vv) in out.iter_mut().zip(value) {
+                    *o += a * vv;
+                }
+            }
+        }
+        b.gemv(Matrix::O, &mut s.xb2, lw.wo, &s.xb);
+        add(&mut s.x, &s.xb2);
+
+        // Feed-forward: w2(silu(w1·x) * w3·x).
+        b.rmsnorm(&mut s.xb, &s.x, lw.rms_ffn, c.norm_eps);
+        b.gemv(Matrix::W1, &mut s.hb, lw.w1, &s.xb);
+        b.gemv(Matrix::W3, &mut s.hb2, lw.w3, &s.xb);
+        for (g, &u) in s.hb.iter_mut().zip(s.hb2.iter()) {
+            *g = *g * (1.0 / (1.0 + (-*g).exp())) * u;
+        }
+        b.gemv(Matrix::W2, &mut s.xb, lw.w2, &s.hb);
+        add(&mut s.x, &s.xb);
+    }
+
+    b.rmsnorm(&mut s.xb, &s.x, w.rms_final, c.norm_eps);
+    b.gemv(Matrix::Classifier, &mut s.logits, w.wcls, &s.xb);
+    &mut s.logits
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// In-place softmax (max-subtracted, as llama2.c).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}

@@ -1,0 +1,99 @@
+//! A decode step performs zero heap allocations, on every backend.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use engine::kernels::Isa;
+use engine::sampler::{Sampler, SamplerConfig};
+use engine::{Backend, Model, Realign, Session};
+use model_config::{preset, CheckpointFormat};
+
+/// Counts allocations made by the current thread while counting is switched on, so tests
+/// running in parallel on other threads do not disturb the count.
+struct Counting;
+
+thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ON.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        if ON.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    COUNT.with(|c| c.set(0));
+    ON.with(|o| o.set(true));
+    f();
+    ON.with(|o| o.set(false));
+    COUNT.with(Cell::get)
+}
+
+#[test]
+fn counter_sees_allocations() {
+    // Guards the test below against a counter that can never count.
+    let n = allocations_during(|| drop(std::hint::black_box(vec![1u8; 100])));
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn decode_steps_do_not_allocate() {
+    let dir = common::temp_dir("noalloc");
+    let path = dir.join("model.bin");
+    let compiled = engine::backend::compiled_config();
+    // A model of the compiled shape exercises the specialised kernels; a small odd one the generic.
+    engine::synth::write_checkpoint(&compiled, CheckpointFormat::V1, 7, &path).unwrap();
+    let odd_path = dir.join("odd.bin");
+    let mut odd = preset("stories260k").unwrap();
+    (odd.dim, odd.n_heads, odd.n_kv_heads, odd.hidden_dim, odd.vocab_size, odd.seq_len) = (40, 5, 1, 100, 97, 32);
+    odd.validate().unwrap();
+    engine::synth::write_checkpoint(&odd, CheckpointFormat::V0, 8, &odd_path).unwrap();
+
+    let model = Model::open(&path, Realign::Never).unwrap();
+    let odd_model = Model::open(&odd_path, Realign::Never).unwrap();
+    let mut runs: Vec<(&Model, Backend)> = Vec::new();
+    for &isa in Isa::all() {
+        if let Some(b) = Backend::specialised(model.config(), &path, Some(isa)).unwrap() {
+            runs.push((&model, b));
+        }
+        if let Some(b) = Backend::generic(Some(isa)) {
+            runs.push((&odd_model, b));
+        }
+    }
+    assert!(runs.len() >= 2);
+    for (m, backend) in runs {
+        let what = backend.describe();
+        let vocab = m.config().vocab_size;
+        let mut session = Session::new(m, backend);
+        let mut sampler = Sampler::new(vocab, SamplerConfig { temperature: 0.8, top_p: 0.9, top_k: 0, seed: 3 });
+        let mut token = 1u32;
+        let steps = m.config().seq_len.min(24);
+        let n = allocations_during(|| {
+            for _ in 0..steps {
+                let logits = session.step(token).unwrap();
+                token = sampler.sample(logits);
+            }
+        });
+        assert_eq!(n, 0, "{what}: {n} allocations in {steps} decode steps");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
