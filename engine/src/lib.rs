@@ -7,6 +7,7 @@
 
 pub mod aligned;
 pub mod backend;
+pub mod bandwidth;
 pub mod error;
 pub mod fixtures;
 pub mod forward;

@@ -1,7 +1,10 @@
 //! Command-line parsing and the one place errors become a message and an exit code.
 
+mod bench;
 mod generate;
 mod inspect;
+mod plot;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +28,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Print a checkpoint's shape as a MODEL_CONFIG TOML file, with its format and size.
     Inspect(inspect::InspectArgs),
+    /// Measure tokens/s, per-token latency and the memory roofline fraction.
+    Bench(bench::BenchArgs),
+    /// Write a checkpoint of a given shape with seeded random weights (not a real model).
+    Synth(synth::SynthArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -86,6 +93,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Synth(a) => synth::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
