@@ -1,6 +1,7 @@
 //! Which kernels the forward pass runs on: the ones generated for the compiled shape, or the
 //! generic runtime-shape ones. Chosen once when a session starts.
 
+use std::ops::Range;
 use std::path::Path;
 
 use generated::{Gemv, RmsNorm};
@@ -8,6 +9,7 @@ use model_config::{ModelConfig, PRESETS};
 
 use crate::error::LoadError;
 use crate::kernels::{GenericKernels, Isa};
+use crate::pool::{share, Pool, SyncPtr};
 
 /// The matrix a GEMV multiplies by; the specialised backend maps each to its compiled shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +32,20 @@ pub enum Matrix {
     Classifier,
 }
 
-/// The kernels a session runs on.
+/// The kernel family a backend runs.
 #[derive(Debug)]
-pub enum Backend {
+pub enum Kernels {
     /// Runtime-shape kernels: any model.
     Generic(GenericKernels),
     /// Kernels generated for the compiled shape; only built for a model of exactly that shape.
     Specialised(generated::Kernels),
+}
+
+/// The kernels a session runs on, and the threads it splits each GEMV across.
+#[derive(Debug)]
+pub struct Backend {
+    kernels: Kernels,
+    pool: Pool,
 }
 
 /// The shape this binary was compiled for (`MODEL_CONFIG` at build time).
@@ -44,14 +53,21 @@ pub fn compiled_config() -> ModelConfig {
     ModelConfig::from_toml_str(generated::CONFIG_TOML).expect("the generated config is valid")
 }
 
+/// Rows per kernel tile: thread shares start on tile boundaries, so every row is computed by
+/// the same code path whatever the thread count, and results are identical.
+const ROW_TILE: usize = 4;
+
+/// Below this many rows a GEMV is not worth waking other threads for.
+const MIN_PARALLEL_ROWS: usize = 64;
+
 impl Backend {
-    /// Generic kernels on the best ISA (or `isa` if given and supported).
+    /// Generic kernels on the best ISA (or `isa` if given and supported), single-threaded.
     pub fn generic(isa: Option<Isa>) -> Option<Self> {
         let k = match isa {
             Some(isa) => GenericKernels::for_isa(isa)?,
             None => GenericKernels::detect(),
         };
-        Some(Backend::Generic(k))
+        Some(Self::new(Kernels::Generic(k)))
     }
 
     /// Specialised kernels, refused unless `model` has exactly the compiled shape.
@@ -67,37 +83,80 @@ impl Backend {
                 rebuild: rebuild_command(model, path),
             });
         }
-        Ok(match isa {
-            Some(isa) => generated::Kernels::for_isa(isa).map(Backend::Specialised),
-            None => Some(Backend::Specialised(generated::Kernels::detect())),
-        })
+        let k = match isa {
+            Some(isa) => generated::Kernels::for_isa(isa),
+            None => Some(generated::Kernels::detect()),
+        };
+        Ok(k.map(|k| Self::new(Kernels::Specialised(k))))
+    }
+
+    fn new(kernels: Kernels) -> Self {
+        Self { kernels, pool: Pool::new(1) }
+    }
+
+    /// The same kernels, with work split across `threads` threads (a persistent pool).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.pool = Pool::new(threads.max(1));
+        self
+    }
+
+    /// Threads each GEMV and the attention are split across.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
     }
 
     /// The instruction set in use.
     pub fn isa(&self) -> Isa {
-        match self {
-            Backend::Generic(k) => k.isa(),
-            Backend::Specialised(k) => k.isa(),
+        match &self.kernels {
+            Kernels::Generic(k) => k.isa(),
+            Kernels::Specialised(k) => k.isa(),
         }
     }
 
     /// True for the generated kernels.
     pub fn is_specialised(&self) -> bool {
-        matches!(self, Backend::Specialised(_))
+        matches!(self.kernels, Kernels::Specialised(_))
     }
 
-    /// `"specialised avx512f"` / `"generic avx2+fma"`.
+    /// `"specialised avx512f, 2 threads"`.
     pub fn describe(&self) -> String {
         let kind = if self.is_specialised() { "specialised" } else { "generic" };
-        format!("{kind} {}", self.isa().name())
+        let t = self.threads();
+        format!("{kind} {}, {t} thread{}", self.isa().name(), if t == 1 { "" } else { "s" })
+    }
+
+    /// Runs `f` on contiguous shares of `0..n` (one per thread) and waits for all of them.
+    pub fn parallel(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        let shares = self.pool.threads();
+        if shares == 1 {
+            return f(0..n);
+        }
+        self.pool.run(&|i| f(share(n, shares, i, 1)));
     }
 
     /// `out = W · x`, `W` being `out.len()` rows of `x.len()` columns.
-    #[inline]
     pub fn gemv(&self, m: Matrix, out: &mut [f32], w: &[f32], x: &[f32]) {
-        match self {
-            Backend::Generic(k) => k.matmul(out, w, x),
-            Backend::Specialised(k) => {
+        let (rows, cols) = (out.len(), x.len());
+        let shares = self.pool.threads();
+        if shares == 1 || rows < MIN_PARALLEL_ROWS {
+            return self.gemv_rows(m, out, w, x);
+        }
+        assert_eq!(w.len(), rows * cols, "gemv: weight length is not rows × cols");
+        let out = SyncPtr(out.as_mut_ptr());
+        self.pool.run(&|i| {
+            let r = share(rows, shares, i, ROW_TILE);
+            // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
+            self.gemv_rows(m, out, &w[r.start * cols..r.end * cols], x);
+        });
+    }
+
+    /// One thread's block of rows: `out.len()` rows of `W`, starting wherever `w` starts.
+    #[inline]
+    fn gemv_rows(&self, m: Matrix, out: &mut [f32], w: &[f32], x: &[f32]) {
+        match &self.kernels {
+            Kernels::Generic(k) => k.matmul(out, w, x),
+            Kernels::Specialised(k) => {
                 use generated::{DIM, HIDDEN_DIM, KV_DIM, VOCAB_SIZE};
                 match m {
                     Matrix::Q | Matrix::O => typed::<DIM, DIM>(k, out, w, x),
@@ -113,9 +172,9 @@ impl Backend {
     /// RMSNorm of `x` into `out`.
     #[inline]
     pub fn rmsnorm(&self, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-        match self {
-            Backend::Generic(k) => k.rmsnorm(out, x, weight, eps),
-            Backend::Specialised(k) => {
+        match &self.kernels {
+            Kernels::Generic(k) => k.rmsnorm(out, x, weight, eps),
+            Kernels::Specialised(k) => {
                 let out: &mut [f32; generated::DIM] = out.try_into().expect(SHAPE_INVARIANT);
                 let x: &[f32; generated::DIM] = x.try_into().expect(SHAPE_INVARIANT);
                 let weight: &[f32; generated::DIM] = weight.try_into().expect(SHAPE_INVARIANT);
@@ -127,17 +186,18 @@ impl Backend {
 
 const SHAPE_INVARIANT: &str = "specialised backend used with a model of another shape";
 
-/// Views the slices as the compiled shape's arrays and calls the kernel for `R × C`. The
+/// Views the slices as rows of the compiled shape and calls the kernel for `R × C`. The
 /// `Gemv<R, C>` bound is where a missing or wrong shape becomes a compile error; the length
 /// checks cannot fail because `Backend::specialised` refused other shapes.
 #[inline]
 fn typed<const R: usize, const C: usize>(k: &impl Gemv<R, C>, out: &mut [f32], w: &[f32], x: &[f32]) {
-    let out: &mut [f32; R] = out.try_into().expect(SHAPE_INVARIANT);
     let x: &[f32; C] = x.try_into().expect(SHAPE_INVARIANT);
     let (rows, rest) = w.as_chunks::<C>();
-    assert!(rest.is_empty(), "{SHAPE_INVARIANT}");
-    let w: &[[f32; C]; R] = rows.try_into().expect(SHAPE_INVARIANT);
-    k.gemv(w, x, out);
+    assert!(rest.is_empty() && rows.len() == out.len() && out.len() <= R, "{SHAPE_INVARIANT}");
+    match (<&[[f32; C]; R]>::try_from(rows), <&mut [f32; R]>::try_from(&mut *out)) {
+        (Ok(w), Ok(out)) => k.gemv(w, x, out),
+        _ => k.gemv_rows(rows, x, out),
+    }
 }
 
 /// The command that builds a binary specialised for `model`: a preset when one matches,

@@ -19,11 +19,15 @@ pub struct Bandwidth {
     pub bytes: usize,
     /// Passes timed.
     pub passes: usize,
+    /// Threads reading at once.
+    pub threads: usize,
 }
 
-/// Reads a `bytes`-sized buffer `passes` times with `isa`'s widest loads and returns the best.
-pub fn measure(bytes: usize, passes: usize, isa: Isa) -> Bandwidth {
-    let n = (bytes / 4).next_multiple_of(STREAMS * 64);
+/// Reads a `bytes`-sized buffer `passes` times with `isa`'s widest loads, split across
+/// `threads` threads (as the kernels are), and returns the best pass.
+pub fn measure(bytes: usize, passes: usize, isa: Isa, threads: usize) -> Bandwidth {
+    let threads = threads.max(1);
+    let n = (bytes / 4).next_multiple_of(threads * STREAMS * 64);
     let mut buf = AlignedVec::zeros(n);
     // Touch every page with non-constant data so reads hit real, distinct memory.
     for (i, v) in buf.iter_mut().enumerate() {
@@ -33,7 +37,15 @@ pub fn measure(bytes: usize, passes: usize, isa: Isa) -> Bandwidth {
     let mut sink = 0.0f32;
     for _ in 0..passes.max(1) {
         let t = Instant::now();
-        sink += read_all(&buf, isa);
+        sink += if threads == 1 {
+            read_all(&buf, isa)
+        } else {
+            std::thread::scope(|scope| {
+                let parts: Vec<_> =
+                    buf.chunks_exact(n / threads).map(|part| scope.spawn(move || read_all(part, isa))).collect();
+                parts.into_iter().map(|p| p.join().unwrap_or(0.0)).sum::<f32>()
+            })
+        };
         best = best.min(t.elapsed().as_secs_f64());
     }
     std::hint::black_box(sink);
@@ -41,6 +53,7 @@ pub fn measure(bytes: usize, passes: usize, isa: Isa) -> Bandwidth {
         best_gbs: (n * 4) as f64 / best / 1e9,
         bytes: n * 4,
         passes,
+        threads,
     }
 }
 

@@ -4,6 +4,7 @@ use model_config::ModelConfig;
 
 use crate::backend::{Backend, Matrix};
 use crate::model::Weights;
+use crate::pool::SyncPtr;
 use crate::state::{Rope, RunState};
 
 /// Runs token `token` at position `pos` and returns the logits. Allocates nothing.
@@ -43,24 +44,17 @@ pub fn forward<'s>(
         let layer = l * c.seq_len * kv_dim;
         let keys = &s.key_cache[layer..layer + (pos + 1) * kv_dim];
         let values = &s.value_cache[layer..layer + (pos + 1) * kv_dim];
-        for h in 0..c.n_heads {
-            let q = &s.q[h * hs..(h + 1) * hs];
-            let kv_off = (h / kv_group) * hs;
-            let att = &mut s.att[h * c.seq_len..h * c.seq_len + pos + 1];
-            for (t, a) in att.iter_mut().enumerate() {
-                let key = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
-                *a = dot(q, key) / sqrt_hs;
+        let (q, att, out) = (&s.q[..], SyncPtr(s.att.as_mut_ptr()), SyncPtr(s.xb.as_mut_ptr()));
+        b.parallel(c.n_heads, &|heads| {
+            for h in heads {
+                // SAFETY: head `h` owns scores `h*seq_len..` and outputs `h*hs..`; heads are
+                // split disjointly across threads and the buffers outlive the call.
+                let att = unsafe { std::slice::from_raw_parts_mut(att.get().add(h * c.seq_len), pos + 1) };
+                let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(h * hs), hs) };
+                let kv_off = (h / kv_group) * hs;
+                attend(&q[h * hs..(h + 1) * hs], keys, values, kv_dim, kv_off, sqrt_hs, att, out);
             }
-            softmax(att);
-            let out = &mut s.xb[h * hs..(h + 1) * hs];
-            out.fill(0.0);
-            for (t, &a) in att.iter().enumerate() {
-                let value = &values[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
-                for (o, &vv) in out.iter_mut().zip(value) {
-                    *o += a * vv;
-                }
-            }
-        }
+        });
         b.gemv(Matrix::O, &mut s.xb2, lw.wo, &s.xb);
         add(&mut s.x, &s.xb2);
 
@@ -78,6 +72,25 @@ pub fn forward<'s>(
     b.rmsnorm(&mut s.xb, &s.x, w.rms_final, c.norm_eps);
     b.gemv(Matrix::Classifier, &mut s.logits, w.wcls, &s.xb);
     &mut s.logits
+}
+
+/// One head's attention over positions `0..=pos`: scores, softmax, weighted sum of values.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend(q: &[f32], keys: &[f32], values: &[f32], kv_dim: usize, kv_off: usize, sqrt_hs: f32, att: &mut [f32], out: &mut [f32]) {
+    let hs = q.len();
+    for (t, a) in att.iter_mut().enumerate() {
+        let key = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
+        *a = dot(q, key) / sqrt_hs;
+    }
+    softmax(att);
+    out.fill(0.0);
+    for (t, &a) in att.iter().enumerate() {
+        let value = &values[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += a * v;
+        }
+    }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

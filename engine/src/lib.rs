@@ -14,6 +14,7 @@ pub mod forward;
 pub mod generate;
 pub mod kernels;
 pub mod model;
+pub mod pool;
 pub mod rng;
 pub mod sampler;
 pub mod session;

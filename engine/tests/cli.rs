@@ -155,6 +155,12 @@ fn tokenizer_and_prompt_problems_are_clear_errors() {
     let o = baremetal(&["generate", "--generic", "--model", m, "--tokenizer", short.to_str().unwrap(), "--prompt", "hi"]);
     assert_clear_error(&o, &["short_tokenizer.bin"]);
 
+    // A tokenizer with more tokens than the model's vocabulary (stories260K has 512).
+    if let Some(small) = stories260k() {
+        let o = baremetal(&["generate", "--generic", "--model", small.to_str().unwrap(), "--tokenizer", t]);
+        assert_clear_error(&o, &["tokenizer.bin", "more tokens", "512"]);
+    }
+
     // A prompt longer than the context (8 positions).
     let long = "Once upon a time there was a little girl named Lily who loved to play outside.";
     let o = baremetal(&["generate", "--generic", "--model", m, "--tokenizer", t, "--prompt", long]);

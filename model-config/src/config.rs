@@ -207,18 +207,18 @@ impl ModelConfig {
                 return Err(ConfigError::TooLarge { field, value, max });
             }
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return Err(ConfigError::DimNotDivisibleByHeads {
                 dim: self.dim,
                 n_heads: self.n_heads,
             });
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(ConfigError::OddHeadDim {
                 head_dim: self.head_dim(),
             });
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ConfigError::HeadsNotDivisibleByKvHeads {
                 n_heads: self.n_heads,
                 n_kv_heads: self.n_kv_heads,

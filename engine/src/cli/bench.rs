@@ -110,6 +110,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let isa = backend.isa();
     let specialised = backend.is_specialised();
     let describe = backend.describe();
+    let threads = backend.threads();
     let tokens = a.tokens.min(cfg.seq_len);
     if tokens < a.tokens {
         eprintln!("note: --tokens {} exceeds the context of {}; timing {tokens}", a.tokens, cfg.seq_len);
@@ -117,7 +118,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     // The roofline: DRAM read bandwidth, measured with the same ISA as the kernels.
     let probe_bytes = (8 * last_level_cache_bytes()).clamp(256 << 20, 1 << 30);
-    let bw = bandwidth::measure(probe_bytes, 8, isa);
+    let bw = bandwidth::measure(probe_bytes, 8, isa, threads);
 
     let mut session = Session::new(&model, backend);
     let mut token = engine::generate::BOS;
@@ -181,7 +182,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "achieved_gbs": achieved,
             "measured_gbs": bw.best_gbs,
             "roofline_fraction": roofline,
-            "threads": 1,
+            "threads": threads,
             "format": format,
             "placement": model.placement_summary(),
             "isa": isa.name(),
@@ -192,7 +193,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     println!("model      {} ({})", path.display(), cfg.shape_summary());
     println!("format     {format}; {}", model.placement_summary());
-    println!("kernels    {describe}, 1 thread");
+    println!("kernels    {describe}");
     println!("tokens     {tokens} timed after {} warm-up, greedy from BOS", a.warmup);
     println!("speed      {tps:.1} tok/s; first token {ttft:.2} ms");
     println!(
@@ -204,10 +205,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         p.p99 / p.p50
     );
     println!(
-        "bandwidth  {:.1} MB of weights per token → {achieved:.1} GB/s achieved; machine reads {:.1} GB/s ({} MiB probe, {} streams, best of {})",
+        "bandwidth  {:.1} MB of weights per token → {achieved:.1} GB/s achieved; machine reads {:.1} GB/s ({} MiB probe, {} threads × {} streams, best of {})",
         bytes_per_token as f64 / 1e6,
         bw.best_gbs,
         bw.bytes >> 20,
+        bw.threads,
         4,
         bw.passes
     );

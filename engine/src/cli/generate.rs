@@ -58,7 +58,16 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let tokenizer = match &a.tokenizer {
         Some(path) => {
             super::existing(path, "tokenizer")?;
-            Some(Tokenizer::from_file(path, cfg.vocab_size)?)
+            let t = Tokenizer::from_file(path, cfg.vocab_size)?;
+            if t.unread_bytes() > 0 {
+                anyhow::bail!(
+                    "tokenizer {} holds more tokens than the model's vocabulary of {} ({}); use the tokenizer that belongs to this model",
+                    path.display(),
+                    cfg.vocab_size,
+                    a.model.display()
+                );
+            }
+            Some(t)
         }
         None if !a.ids => anyhow::bail!("printing text needs --tokenizer tokenizer.bin (or pass --ids for token ids)"),
         None => None,

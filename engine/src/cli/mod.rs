@@ -6,7 +6,7 @@ mod inspect;
 mod plot;
 mod synth;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -47,6 +47,9 @@ pub struct RunOpts {
     /// memory at load, instead of reading it in place.
     #[arg(long)]
     pub realign: bool,
+    /// Threads to split each GEMV and the attention heads across (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 impl RunOpts {
@@ -66,7 +69,10 @@ impl RunOpts {
                 Isa::all().iter().filter(|i| i.is_supported()).map(|i| i.name()).collect::<Vec<_>>().join(", ")
             )
         })?;
-        Ok((model, backend))
+        let threads = self
+            .threads
+            .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
+        Ok((model, backend.with_threads(threads)))
     }
 }
 
@@ -118,7 +124,7 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 /// A path argument that must exist, checked up front for a clear message.
-pub fn existing(path: &PathBuf, what: &str) -> anyhow::Result<()> {
+pub fn existing(path: &Path, what: &str) -> anyhow::Result<()> {
     if !path.exists() {
         anyhow::bail!("{what} {} does not exist", path.display());
     }

@@ -1,0 +1,1 @@
+//! Criterion benchmarks live in `benches/kernels.rs`; this crate has no library code.
