@@ -1,1 +1,131 @@
-//! Placeholder: filled in by the kernel-compiler work.
+//! The kernels `codegen` emits for the model shape this crate is built with.
+//!
+//! `build.rs` reads the `MODEL_CONFIG` environment variable — a TOML file (absolute, or
+//! relative to the workspace root or to this crate) or a preset name such as `stories110m`
+//! — and writes the generated module, which is included here at the crate root. **When
+//! `MODEL_CONFIG` is unset the default is `stories260k`.** So `generated::DIM`,
+//! `generated::Kernels`, `generated::Gemv` and the rest describe exactly one model:
+//!
+//! ```
+//! use generated::{Gemv, Kernels, DIM};
+//!
+//! let kernels = Kernels::detect(); // picks the best instruction set once
+//! let w = vec![[0.5f32; DIM]; DIM];
+//! let w: &[[f32; DIM]; DIM] = w.as_slice().try_into().unwrap();
+//! let x = [1.0f32; DIM];
+//! let mut out = [0.0f32; DIM];
+//! kernels.gemv(w, &x, &mut out);
+//! assert_eq!(out[0], 0.5 * DIM as f32);
+//! ```
+//!
+//! [`Isa`] is hand-written here because it does not depend on the model; the generated code
+//! refers to it as `crate::Isa`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An instruction set the generated kernels exist for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Plain Rust; runs everywhere.
+    Portable,
+    /// x86_64 AVX2 with FMA.
+    Avx2,
+    /// x86_64 AVX-512 Foundation.
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Isa {
+    /// Every instruction set, in declaration order.
+    pub fn all() -> &'static [Isa] {
+        &[Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon]
+    }
+
+    /// The name used in reports: "portable", "avx2+fma", "avx512f" or "neon".
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2+fma",
+            Isa::Avx512 => "avx512f",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Whether the running CPU (and the target this was compiled for) can run it.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            _ => false,
+        }
+    }
+
+    /// The fastest supported instruction set: AVX-512F, then AVX2+FMA on x86_64; NEON on
+    /// aarch64; portable otherwise.
+    pub fn best() -> Isa {
+        [Isa::Avx512, Isa::Avx2, Isa::Neon]
+            .into_iter()
+            .find(|isa| isa.is_supported())
+            .unwrap_or(Isa::Portable)
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The string given to [`Isa::from_str`] names no instruction set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseIsaError(String);
+
+impl fmt::Display for ParseIsaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown instruction set {:?} (expected portable, avx2, avx512 or neon)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseIsaError {}
+
+impl FromStr for Isa {
+    type Err = ParseIsaError;
+
+    /// Accepts "portable", "avx2", "avx512", "neon" (any case) and the [`Isa::name`] forms.
+    fn from_str(s: &str) -> Result<Isa, ParseIsaError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "portable" => Ok(Isa::Portable),
+            "avx2" | "avx2+fma" => Ok(Isa::Avx2),
+            "avx512" | "avx512f" => Ok(Isa::Avx512),
+            "neon" => Ok(Isa::Neon),
+            _ => Err(ParseIsaError(s.to_string())),
+        }
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/model.rs"));
+
+/// The fixed test models `build.rs` generates next to `model.rs`, so every kernel path is
+/// compiled and tested whatever `MODEL_CONFIG` says.
+#[cfg(test)]
+#[allow(dead_code)] // each model exports the whole interface; the tests use part of it
+mod test_models {
+    include!(concat!(env!("OUT_DIR"), "/test_models/mod.rs"));
+}
+
+#[cfg(test)]
+mod tests;
