@@ -179,7 +179,7 @@ mod tests {
                 for i in 0..shares {
                     let r = share(n, shares, i, 4);
                     assert_eq!(r.start, next, "n {n} shares {shares}");
-                    assert!(r.start % 4 == 0 || r.is_empty());
+                    assert!(r.start.is_multiple_of(4) || r.is_empty());
                     next = r.end;
                 }
                 assert_eq!(next, n);
