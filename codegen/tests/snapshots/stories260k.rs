@@ -291,6 +291,7 @@ pub mod neon {
             // in flight.
             for t in 0..tiles {
                 let r = t * 4;
+                let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 64);
                 let w1 = w0.add(64);
                 let w2 = w0.add(128);
@@ -443,6 +444,7 @@ pub mod neon {
             // in flight.
             for t in 0..tiles {
                 let r = t * 4;
+                let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 172);
                 let w1 = w0.add(172);
                 let w2 = w0.add(344);
@@ -1038,6 +1040,7 @@ pub mod avx2 {
             // in flight.
             for t in 0..tiles {
                 let r = t * 4;
+                let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 64);
                 let w1 = w0.add(64);
                 let w2 = w0.add(128);
@@ -1137,6 +1140,7 @@ pub mod avx2 {
             // in flight.
             for t in 0..tiles {
                 let r = t * 4;
+                let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 172);
                 let w1 = w0.add(172);
                 let w2 = w0.add(344);
@@ -1557,6 +1561,7 @@ pub mod avx512 {
             // in flight.
             for t in 0..tiles {
                 let r = t * 4;
+                let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 64);
                 let w1 = w0.add(64);
                 let w2 = w0.add(128);
@@ -1628,6 +1633,7 @@ pub mod avx512 {
             // in flight.
             for t in 0..tiles {
                 let r = t * 4;
+                let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 172);
                 let w1 = w0.add(172);
                 let w2 = w0.add(344);
