@@ -1,38 +1,71 @@
 //! A persistent worker pool for splitting one GEMV (or the attention heads) across cores.
 //!
-//! Workers are spawned once. For each job the caller publishes a closure and bumps a
-//! generation counter; workers spin briefly on that counter (a decode step issues ~100 jobs
-//! back to back, so they rarely sleep), then park. The caller runs share 0 itself and spins
-//! until every worker has reported. No allocation per job, no thread spawn per token.
+//! Workers are spawned once. For each job the caller publishes a closure and a fresh
+//! generation; every participant, the caller included, then claims shares from one atomic
+//! counter until none are left. Workers spin briefly for new work (a decode step issues ~100
+//! jobs back to back), then park. Because shares are claimed rather than assigned, a worker
+//! that the OS has descheduled (other processes on the same cores) costs nothing: the caller
+//! runs its share. No allocation per job, no thread spawn per token, and a share's rows are
+//! the same whoever runs it, so results do not depend on the thread count.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-/// Spins before a waiting worker parks; about 50-100 µs on current cores.
+/// Spins before a waiting worker parks; tens of microseconds on current cores.
 const SPIN_LIMIT: u32 = 1 << 14;
-
 /// Spins before the waiting caller starts yielding its core.
 const WAIT_SPINS: u32 = 1 << 10;
 
 type Job = dyn Fn(usize) + Sync;
 
 struct Shared {
-    /// The current job, valid while `run` is executing (a lifetime-erased borrow).
+    /// The current job, valid while its generation has unfinished shares.
     job: UnsafeCell<Option<*const Job>>,
-    generation: AtomicUsize,
+    /// `generation << 32 | next unclaimed share`: one word, so a claim can never take a
+    /// share of a job other than the one it saw published.
+    state: AtomicU64,
+    shares: AtomicUsize,
     done: AtomicUsize,
     shutdown: AtomicBool,
 }
 
-// SAFETY: `job` is written only by `run` before the generation bump (Release) and read by
-// workers after observing it (Acquire); `run` waits until all readers are done before it
-// returns, so the pointee outlives every use.
+// SAFETY: `job` is written only by `run` before the Release store that publishes a new
+// generation, and read only after a successful claim of that generation (AcqRel). `run`
+// waits until every claimed share is done before it returns or publishes again, so the
+// pointee outlives every use and no write races with a read.
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
-/// A fixed set of worker threads; `threads()` shares per job, the caller being share 0.
+impl Shared {
+    /// Claims the next share of generation `generation`, if it has one left.
+    fn claim(&self, generation: u64) -> Option<usize> {
+        let shares = self.shares.load(Ordering::Relaxed) as u64;
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if s >> 32 != generation || (s & 0xffff_ffff) >= shares {
+                return None;
+            }
+            match self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some((s & 0xffff_ffff) as usize),
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Runs every share of `generation` this thread can claim.
+    fn work(&self, generation: u64) {
+        while let Some(i) = self.claim(generation) {
+            // SAFETY: see `Shared`; our claim keeps the job alive until `done` counts it.
+            let job = unsafe { (*self.job.get()).expect("a job is published with every generation") };
+            unsafe { (*job)(i) };
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// A fixed set of worker threads; `threads()` shares per job.
 pub struct Pool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -49,7 +82,8 @@ impl Pool {
     pub fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
-            generation: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
+            shares: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
         });
@@ -58,7 +92,7 @@ impl Pool {
                 let shared = Arc::clone(&shared);
                 thread::Builder::new()
                     .name(format!("baremetal-{index}"))
-                    .spawn(move || worker(&shared, index))
+                    .spawn(move || worker(&shared))
                     .expect("spawning a worker thread")
             })
             .collect();
@@ -70,29 +104,32 @@ impl Pool {
         self.workers.len() + 1
     }
 
-    /// Runs `f(i)` for every share `i` in `0..threads()` concurrently; returns when all are done.
+    /// Runs `f(i)` for every share `i` in `0..threads()`, concurrently where workers are
+    /// free; returns when all are done.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
-        if self.workers.is_empty() {
+        let shares = self.threads();
+        if shares == 1 {
             f(0);
             return;
         }
-        // SAFETY: no worker reads `job` until the generation bump below, and all have finished
-        // the previous job (we waited for them), so this write races with nothing.
+        let generation = (self.shared.state.load(Ordering::Relaxed) >> 32) + 1;
+        // SAFETY: every share of the previous job is done (we waited), so nobody reads `job`.
         unsafe {
             let erased: *const Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
             *self.shared.job.get() = Some(erased);
         }
+        self.shared.shares.store(shares, Ordering::Relaxed);
         self.shared.done.store(0, Ordering::Relaxed);
-        self.shared.generation.fetch_add(1, Ordering::Release);
+        self.shared.state.store(generation << 32, Ordering::Release);
         for w in &self.workers {
             // Cheap when the worker is spinning: only a parked thread costs a wake-up.
             w.thread().unpark();
         }
-        f(0);
+        self.shared.work(generation);
         let mut spins = 0u32;
-        while self.shared.done.load(Ordering::Acquire) != self.workers.len() {
-            // When cores are oversubscribed the worker we wait for may be descheduled:
-            // after a short spin, give the core away rather than burn our time slice.
+        while self.shared.done.load(Ordering::Acquire) != shares {
+            // Only a share a worker claimed and is still running is left: when cores are
+            // oversubscribed that worker may be descheduled, so yield rather than spin on.
             if spins < WAIT_SPINS {
                 spins += 1;
                 std::hint::spin_loop();
@@ -103,18 +140,17 @@ impl Pool {
     }
 }
 
-fn worker(shared: &Shared, index: usize) {
-    let mut seen = 0;
+fn worker(shared: &Shared) {
+    let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
-        loop {
+        let generation = loop {
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let g = shared.generation.load(Ordering::Acquire);
+            let g = shared.state.load(Ordering::Acquire) >> 32;
             if g != seen {
-                seen = g;
-                break;
+                break g;
             }
             if spins < SPIN_LIMIT {
                 spins += 1;
@@ -123,11 +159,9 @@ fn worker(shared: &Shared, index: usize) {
                 // A missed unpark is impossible: `unpark` before `park` makes `park` return.
                 thread::park();
             }
-        }
-        // SAFETY: see `Shared`; the job was published before the generation we observed.
-        let job = unsafe { (*shared.job.get()).expect("a job is published with every generation") };
-        unsafe { (*job)(index) };
-        shared.done.fetch_add(1, Ordering::Release);
+        };
+        seen = generation;
+        shared.work(generation);
     }
 }
 
@@ -189,15 +223,15 @@ mod tests {
 
     #[test]
     fn every_share_runs_once_per_job() {
-        for threads in [1, 2, 3] {
+        for threads in [1, 2, 3, 5] {
             let pool = Pool::new(threads);
             let hits: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
-            for _ in 0..1000 {
+            for _ in 0..2000 {
                 pool.run(&|i| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
                 });
             }
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1000));
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 2000), "{threads} threads");
         }
     }
 
@@ -213,5 +247,18 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn shares_see_the_job_they_were_published_with() {
+        // Back-to-back jobs with different data: a share must never run a stale closure.
+        let pool = Pool::new(3);
+        for round in 0..3000usize {
+            let sum = AtomicUsize::new(0);
+            pool.run(&|i| {
+                sum.fetch_add(round * 10 + i, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), round * 30 + 3);
+        }
     }
 }
