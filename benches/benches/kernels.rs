@@ -18,14 +18,23 @@ fn backends() -> [(&'static str, Backend); 2] {
     let spec = Backend::specialised(&cfg, std::path::Path::new("compiled"), None)
         .expect("the compiled shape matches itself")
         .expect("the best ISA is supported");
-    [("specialised", spec), ("generic", Backend::generic(None).unwrap())]
+    [
+        ("specialised", spec),
+        ("generic", Backend::generic(None).unwrap()),
+    ]
 }
 
 fn gemv(c: &mut Criterion) {
     let cfg = compiled_config();
     let (d, h, kv, v) = (cfg.dim, cfg.hidden_dim, cfg.kv_dim(), cfg.vocab_size);
     // One matrix per distinct shape, named by the shape.
-    let mut roles = vec![(Matrix::Q, d, d), (Matrix::K, kv, d), (Matrix::W1, h, d), (Matrix::W2, d, h), (Matrix::Classifier, v, d)];
+    let mut roles = vec![
+        (Matrix::Q, d, d),
+        (Matrix::K, kv, d),
+        (Matrix::W1, h, d),
+        (Matrix::W2, d, h),
+        (Matrix::Classifier, v, d),
+    ];
     let mut seen = Vec::new();
     roles.retain(|&(_, r, c)| {
         let new = !seen.contains(&(r, c));
@@ -56,7 +65,14 @@ fn rmsnorm(c: &mut Criterion) {
     let mut group = c.benchmark_group("rmsnorm");
     for (name, b) in backends() {
         group.bench_function(BenchmarkId::new(format!("{}", cfg.dim), name), |bench| {
-            bench.iter(|| b.rmsnorm(black_box(&mut out), black_box(&x), black_box(&w), cfg.norm_eps))
+            bench.iter(|| {
+                b.rmsnorm(
+                    black_box(&mut out),
+                    black_box(&x),
+                    black_box(&w),
+                    cfg.norm_eps,
+                )
+            })
         });
     }
     group.finish();
@@ -64,11 +80,18 @@ fn rmsnorm(c: &mut Criterion) {
 
 fn decode_step(c: &mut Criterion) {
     let cfg = compiled_config();
-    let path = std::env::temp_dir().join(format!("baremetal-bench-{}-{}.bin", cfg.name, std::process::id()));
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 0, &path).expect("writing the benchmark model");
+    let path = std::env::temp_dir().join(format!(
+        "baremetal-bench-{}-{}.bin",
+        cfg.name,
+        std::process::id()
+    ));
+    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 0, &path)
+        .expect("writing the benchmark model");
     let model = Model::open(&path, Realign::Never).expect("opening the benchmark model");
     let mut group = c.benchmark_group("decode_step");
-    group.throughput(Throughput::Bytes((cfg.weight_floats_per_token() * 4) as u64));
+    group.throughput(Throughput::Bytes(
+        (cfg.weight_floats_per_token() * 4) as u64,
+    ));
     if cfg.weight_floats_per_token() > 20_000_000 {
         group.sample_size(20);
     }

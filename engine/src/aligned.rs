@@ -1,5 +1,5 @@
-//! 64-byte aligned f32 buffers: every SIMD load from an activation or the KV cache starts on
-//! a cache-line boundary, and the allocation happens once.
+//! 64-byte aligned f32 (and byte / int8) buffers: every SIMD load from an activation or the KV
+//! cache starts on a cache-line boundary, and the allocation happens once.
 
 use std::ops::{Deref, DerefMut};
 
@@ -59,6 +59,26 @@ impl AlignedBytes {
             lines: vec![Line([0.0; 16]); len.div_ceil(64)],
             len,
         }
+    }
+}
+
+impl AlignedBytes {
+    /// The bytes as int8 values (quantised activations).
+    pub fn as_i8(&self) -> &[i8] {
+        // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().cast(), self.len) }
+    }
+
+    /// The bytes as mutable int8 values.
+    pub fn as_i8_mut(&mut self) -> &mut [i8] {
+        // SAFETY: as in `as_i8`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBytes(len {})", self.len)
     }
 }
 

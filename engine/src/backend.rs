@@ -1,15 +1,19 @@
 //! Which kernels the forward pass runs on: the ones generated for the compiled shape, or the
-//! generic runtime-shape ones. Chosen once when a session starts.
+//! generic runtime-shape ones, plus the runtime-shape int8 kernels for Q8_0 weights. Chosen
+//! once when a session starts.
 
 use std::ops::Range;
 use std::path::Path;
 
 use generated::{Gemv, RmsNorm};
-use model_config::{ModelConfig, PRESETS};
+use model_config::{ModelConfig, WeightFormat, PRESETS};
 
 use crate::error::LoadError;
+use crate::kernels::q8::Q8Kernels;
 use crate::kernels::{GenericKernels, Isa};
+use crate::model::MatRef;
 use crate::pool::{share, Pool, SyncPtr};
+use crate::quant::{GemvInput, Q8Ref};
 
 /// The matrix a GEMV multiplies by; the specialised backend maps each to its compiled shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,10 @@ pub enum Kernels {
 #[derive(Debug)]
 pub struct Backend {
     kernels: Kernels,
+    /// Int8 GEMV for Q8_0 matrices (runtime-shape: no generated int8 kernels exist yet).
+    q8: Q8Kernels,
+    /// The weights this backend runs, for reports (set by [`Backend::for_weights`]).
+    weights: WeightFormat,
     pool: Pool,
 }
 
@@ -62,17 +70,22 @@ const MIN_PARALLEL_ROWS: usize = 64;
 
 impl Backend {
     /// Generic kernels on the best ISA (or `isa` if given and supported), single-threaded.
+    /// The int8 kernels follow: the best this CPU has, or the closest to a forced `isa`.
     pub fn generic(isa: Option<Isa>) -> Option<Self> {
         let k = match isa {
             Some(isa) => GenericKernels::for_isa(isa)?,
             None => GenericKernels::detect(),
         };
-        Some(Self::new(Kernels::Generic(k)))
+        Some(Self::new(Kernels::Generic(k), isa))
     }
 
     /// Specialised kernels, refused unless `model` has exactly the compiled shape.
     /// `Ok(None)` when `isa` is given and this CPU cannot run it.
-    pub fn specialised(model: &ModelConfig, path: &Path, isa: Option<Isa>) -> Result<Option<Self>, LoadError> {
+    pub fn specialised(
+        model: &ModelConfig,
+        path: &Path,
+        isa: Option<Isa>,
+    ) -> Result<Option<Self>, LoadError> {
         let compiled = compiled_config();
         if !model.same_shape(&compiled) {
             return Err(LoadError::ShapeMismatch {
@@ -87,11 +100,38 @@ impl Backend {
             Some(isa) => generated::Kernels::for_isa(isa),
             None => Some(generated::Kernels::detect()),
         };
-        Ok(k.map(|k| Self::new(Kernels::Specialised(k))))
+        Ok(k.map(|k| Self::new(Kernels::Specialised(k), isa).for_weights(model.weight_format)))
     }
 
-    fn new(kernels: Kernels) -> Self {
-        Self { kernels, pool: Pool::new(1) }
+    fn new(kernels: Kernels, isa: Option<Isa>) -> Self {
+        let q8 = match isa {
+            Some(isa) => Q8Kernels::for_isa(crate::kernels::q8::Q8Isa::for_f32_isa(isa)),
+            None => None,
+        };
+        Self {
+            kernels,
+            q8: q8.unwrap_or_else(Q8Kernels::detect),
+            weights: WeightFormat::F32,
+            pool: Pool::new(1),
+        }
+    }
+
+    /// The same backend with its int8 kernels forced to `q8` (tests, comparisons).
+    pub fn with_q8(mut self, q8: Q8Kernels) -> Self {
+        self.q8 = q8;
+        self
+    }
+
+    /// Records which weights this backend runs (f32 or Q8_0), for [`Backend::describe`] and
+    /// [`Backend::is_specialised`]. [`crate::Session::new`] sets it from the model.
+    pub fn for_weights(mut self, weights: WeightFormat) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// The int8 kernels Q8_0 matrices run on.
+    pub fn q8(&self) -> Q8Kernels {
+        self.q8
     }
 
     /// The same kernels, with work split across `threads` threads (a persistent pool).
@@ -113,16 +153,30 @@ impl Backend {
         }
     }
 
-    /// True for the generated kernels.
+    /// True when the matrix products run on generated kernels: the specialised f32 kernels
+    /// with f32 weights. Q8_0 matrices always run on the runtime-shape int8 kernels.
     pub fn is_specialised(&self) -> bool {
-        matches!(self.kernels, Kernels::Specialised(_))
+        matches!(self.kernels, Kernels::Specialised(_)) && self.weights == WeightFormat::F32
     }
 
-    /// `"specialised avx512f, 2 threads"`.
+    /// `"specialised avx512f, 2 threads"`; for Q8_0 weights
+    /// `"generic int8 avx512vnni, q8_0 group 64 (rmsnorm: specialised avx512f), 2 threads"`.
     pub fn describe(&self) -> String {
-        let kind = if self.is_specialised() { "specialised" } else { "generic" };
         let t = self.threads();
-        format!("{kind} {}, {t} thread{}", self.isa().name(), if t == 1 { "" } else { "s" })
+        let threads = format!("{t} thread{}", if t == 1 { "" } else { "s" });
+        let f32_kind = if matches!(self.kernels, Kernels::Specialised(_)) {
+            "specialised"
+        } else {
+            "generic"
+        };
+        match self.weights {
+            WeightFormat::F32 => format!("{f32_kind} {}, {threads}", self.isa().name()),
+            WeightFormat::Q8_0 { group_size } => format!(
+                "generic int8 {}, q8_0 group {group_size} (rmsnorm: {f32_kind} {}), {threads}",
+                self.q8.isa().name(),
+                self.isa().name()
+            ),
+        }
     }
 
     /// Runs `f` on contiguous shares of `0..n` (one per thread) and waits for all of them.
@@ -141,13 +195,56 @@ impl Backend {
         if shares == 1 || rows < MIN_PARALLEL_ROWS {
             return self.gemv_rows(m, out, w, x);
         }
-        assert_eq!(w.len(), rows * cols, "gemv: weight length is not rows × cols");
+        assert_eq!(
+            w.len(),
+            rows * cols,
+            "gemv: weight length is not rows × cols"
+        );
         let out = SyncPtr(out.as_mut_ptr());
         self.pool.run(&|i| {
             let r = share(rows, shares, i, ROW_TILE);
             // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
             let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             self.gemv_rows(m, out, &w[r.start * cols..r.end * cols], x);
+        });
+    }
+
+    /// `out = W · x` for a matrix as stored: f32 weights take `x.x`, Q8_0 weights the
+    /// quantised `x.q8` (which a Q8_0 model's inputs always carry).
+    #[inline]
+    pub fn matvec(&self, m: Matrix, out: &mut [f32], w: MatRef, x: GemvInput) {
+        match w {
+            MatRef::F32(w) => self.gemv(m, out, w, x.x),
+            MatRef::Q8(w) => self.gemv_q8(
+                m,
+                out,
+                w,
+                x.q8.expect("a Q8_0 matrix needs a quantised input"),
+            ),
+        }
+    }
+
+    /// `out = W · x` for a Q8_0 matrix and a quantised input, rows split across the threads in
+    /// tiles of [`ROW_TILE`] as for f32, so the result is the same for every thread count.
+    /// `m` is where kernels generated per shape will be chosen; today every Q8_0 matrix runs
+    /// on the runtime-shape int8 kernels.
+    pub fn gemv_q8(&self, _m: Matrix, out: &mut [f32], w: Q8Ref, x: Q8Ref) {
+        let (rows, cols) = (out.len(), x.q.len());
+        let shares = self.pool.threads();
+        if shares == 1 || rows < MIN_PARALLEL_ROWS {
+            return self.q8.matmul(out, w, x);
+        }
+        assert_eq!(
+            w.q.len(),
+            rows * cols,
+            "gemv_q8: weight length is not rows × cols"
+        );
+        let out = SyncPtr(out.as_mut_ptr());
+        self.pool.run(&|i| {
+            let r = share(rows, shares, i, ROW_TILE);
+            // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
+            self.q8.matmul(out, w.rows(r, cols), x);
         });
     }
 
@@ -190,11 +287,22 @@ const SHAPE_INVARIANT: &str = "specialised backend used with a model of another 
 /// `Gemv<R, C>` bound is where a missing or wrong shape becomes a compile error; the length
 /// checks cannot fail because `Backend::specialised` refused other shapes.
 #[inline]
-fn typed<const R: usize, const C: usize>(k: &impl Gemv<R, C>, out: &mut [f32], w: &[f32], x: &[f32]) {
+fn typed<const R: usize, const C: usize>(
+    k: &impl Gemv<R, C>,
+    out: &mut [f32],
+    w: &[f32],
+    x: &[f32],
+) {
     let x: &[f32; C] = x.try_into().expect(SHAPE_INVARIANT);
     let (rows, rest) = w.as_chunks::<C>();
-    assert!(rest.is_empty() && rows.len() == out.len() && out.len() <= R, "{SHAPE_INVARIANT}");
-    match (<&[[f32; C]; R]>::try_from(rows), <&mut [f32; R]>::try_from(&mut *out)) {
+    assert!(
+        rest.is_empty() && rows.len() == out.len() && out.len() <= R,
+        "{SHAPE_INVARIANT}"
+    );
+    match (
+        <&[[f32; C]; R]>::try_from(rows),
+        <&mut [f32; R]>::try_from(&mut *out),
+    ) {
         (Ok(w), Ok(out)) => k.gemv(w, x, out),
         _ => k.gemv_rows(rows, x, out),
     }

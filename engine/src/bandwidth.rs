@@ -41,9 +41,14 @@ pub fn measure(bytes: usize, passes: usize, isa: Isa, threads: usize) -> Bandwid
             read_all(&buf, isa)
         } else {
             std::thread::scope(|scope| {
-                let parts: Vec<_> =
-                    buf.chunks_exact(n / threads).map(|part| scope.spawn(move || read_all(part, isa))).collect();
-                parts.into_iter().map(|p| p.join().unwrap_or(0.0)).sum::<f32>()
+                let parts: Vec<_> = buf
+                    .chunks_exact(n / threads)
+                    .map(|part| scope.spawn(move || read_all(part, isa)))
+                    .collect();
+                parts
+                    .into_iter()
+                    .map(|p| p.join().unwrap_or(0.0))
+                    .sum::<f32>()
             })
         };
         best = best.min(t.elapsed().as_secs_f64());
@@ -119,7 +124,9 @@ mod x86 {
             i += 16;
         }
         let mut out = [0.0f32; 8];
-        let total = acc.iter().fold(_mm256_setzero_ps(), |a, &v| _mm256_add_ps(a, v));
+        let total = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |a, &v| _mm256_add_ps(a, v));
         _mm256_storeu_ps(out.as_mut_ptr(), total);
         out.iter().sum()
     }

@@ -1,4 +1,8 @@
 //! The transformer forward pass for one token, top to bottom, as in llama2.c's `run.c`.
+//!
+//! For Q8_0 models (`runq.c`) each GEMV input is quantised once, right before the matrices
+//! that read it (`s.xq.input(..)`; a no-op for f32 models), and the weights carry their own
+//! format (`MatRef`), so the structure below is the same for both.
 
 use model_config::ModelConfig;
 
@@ -20,64 +24,97 @@ pub fn forward<'s>(
     token: usize,
     pos: usize,
 ) -> &'s mut [f32] {
-    assert!(token < c.vocab_size && pos < c.seq_len, "token {token} / position {pos} out of range");
+    assert!(
+        token < c.vocab_size && pos < c.seq_len,
+        "token {token} / position {pos} out of range"
+    );
     let (kv_dim, hs) = (c.kv_dim(), c.head_dim());
     let kv_group = c.kv_group();
     // run.c divides by sqrtf(head_size); dividing (not multiplying by the inverse) keeps us bit-close.
     let sqrt_hs = (hs as f32).sqrt();
 
-    s.x.copy_from_slice(w.embedding(token));
+    // The embedding row (dequantised, for Q8_0).
+    w.token_embedding.row_into(token, &mut s.x);
 
     for l in 0..c.n_layers {
         let lw = w.layer(l);
         // Attention: this position's key and value go straight into the cache.
         b.rmsnorm(&mut s.xb, &s.x, lw.rms_att, c.norm_eps);
+        let xb = s.xq.input(&s.xb);
         let at = (l * c.seq_len + pos) * kv_dim;
         let k = &mut s.key_cache[at..at + kv_dim];
         let v = &mut s.value_cache[at..at + kv_dim];
-        b.gemv(Matrix::Q, &mut s.q, lw.wq, &s.xb);
-        b.gemv(Matrix::K, k, lw.wk, &s.xb);
-        b.gemv(Matrix::V, v, lw.wv, &s.xb);
+        b.matvec(Matrix::Q, &mut s.q, lw.wq, xb);
+        b.matvec(Matrix::K, k, lw.wk, xb);
+        b.matvec(Matrix::V, v, lw.wv, xb);
         rope.rotate(&mut s.q, pos);
         rope.rotate(k, pos);
 
         let layer = l * c.seq_len * kv_dim;
         let keys = &s.key_cache[layer..layer + (pos + 1) * kv_dim];
         let values = &s.value_cache[layer..layer + (pos + 1) * kv_dim];
-        let (q, att, out) = (&s.q[..], SyncPtr(s.att.as_mut_ptr()), SyncPtr(s.xb.as_mut_ptr()));
+        let (q, att, out) = (
+            &s.q[..],
+            SyncPtr(s.att.as_mut_ptr()),
+            SyncPtr(s.xb.as_mut_ptr()),
+        );
         b.parallel(c.n_heads, &|heads| {
             for h in heads {
                 // SAFETY: head `h` owns scores `h*seq_len..` and outputs `h*hs..`; heads are
                 // split disjointly across threads and the buffers outlive the call.
-                let att = unsafe { std::slice::from_raw_parts_mut(att.get().add(h * c.seq_len), pos + 1) };
+                let att = unsafe {
+                    std::slice::from_raw_parts_mut(att.get().add(h * c.seq_len), pos + 1)
+                };
                 let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(h * hs), hs) };
                 let kv_off = (h / kv_group) * hs;
-                attend(&q[h * hs..(h + 1) * hs], keys, values, kv_dim, kv_off, sqrt_hs, att, out);
+                attend(
+                    &q[h * hs..(h + 1) * hs],
+                    keys,
+                    values,
+                    kv_dim,
+                    kv_off,
+                    sqrt_hs,
+                    att,
+                    out,
+                );
             }
         });
-        b.gemv(Matrix::O, &mut s.xb2, lw.wo, &s.xb);
+        let heads_out = s.xq.input(&s.xb);
+        b.matvec(Matrix::O, &mut s.xb2, lw.wo, heads_out);
         add(&mut s.x, &s.xb2);
 
         // Feed-forward: w2(silu(w1·x) * w3·x).
         b.rmsnorm(&mut s.xb, &s.x, lw.rms_ffn, c.norm_eps);
-        b.gemv(Matrix::W1, &mut s.hb, lw.w1, &s.xb);
-        b.gemv(Matrix::W3, &mut s.hb2, lw.w3, &s.xb);
+        let xb = s.xq.input(&s.xb);
+        b.matvec(Matrix::W1, &mut s.hb, lw.w1, xb);
+        b.matvec(Matrix::W3, &mut s.hb2, lw.w3, xb);
         for (g, &u) in s.hb.iter_mut().zip(s.hb2.iter()) {
             *g = *g * (1.0 / (1.0 + (-*g).exp())) * u;
         }
-        b.gemv(Matrix::W2, &mut s.xb, lw.w2, &s.hb);
+        let hb = s.xq.input(&s.hb);
+        b.matvec(Matrix::W2, &mut s.xb, lw.w2, hb);
         add(&mut s.x, &s.xb);
     }
 
     b.rmsnorm(&mut s.xb, &s.x, w.rms_final, c.norm_eps);
-    b.gemv(Matrix::Classifier, &mut s.logits, w.wcls, &s.xb);
+    let xb = s.xq.input(&s.xb);
+    b.matvec(Matrix::Classifier, &mut s.logits, w.wcls, xb);
     &mut s.logits
 }
 
 /// One head's attention over positions `0..=pos`: scores, softmax, weighted sum of values.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn attend(q: &[f32], keys: &[f32], values: &[f32], kv_dim: usize, kv_off: usize, sqrt_hs: f32, att: &mut [f32], out: &mut [f32]) {
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    kv_dim: usize,
+    kv_off: usize,
+    sqrt_hs: f32,
+    att: &mut [f32],
+    out: &mut [f32],
+) {
     let hs = q.len();
     for (t, a) in att.iter_mut().enumerate() {
         let key = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
@@ -93,8 +130,19 @@ fn attend(q: &[f32], keys: &[f32], values: &[f32], kv_dim: usize, kv_off: usize,
     }
 }
 
+/// Eight partial sums: a sequential f32 sum cannot be vectorised, and attention runs
+/// `heads × positions` of these per layer.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (ac, at) = a.as_chunks::<8>();
+    let (bc, bt) = b.as_chunks::<8>();
+    for (x, y) in ac.iter().zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

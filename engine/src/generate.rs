@@ -63,7 +63,10 @@ impl GenerationStats {
     /// Generated tokens per second, counting from the first generated token (llama2.c's way),
     /// or over the whole run when only one token was generated.
     pub fn tokens_per_second(&self) -> f64 {
-        let after_first = self.total.saturating_sub(self.time_to_first_token).as_secs_f64();
+        let after_first = self
+            .total
+            .saturating_sub(self.time_to_first_token)
+            .as_secs_f64();
         if self.generated > 1 && after_first > 0.0 {
             (self.generated - 1) as f64 / after_first
         } else {

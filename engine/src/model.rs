@@ -1,14 +1,18 @@
 //! Opening a checkpoint: mmap it, parse and check the header, and hand out typed views of
-//! the weights. The views borrow the mapping; nothing is copied unless realignment is asked for.
+//! the weights (f32, or int8 + f32 scales for Q8_0 v2 files). The views borrow the mapping;
+//! nothing is copied unless realignment is asked for.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig, TensorSpan};
+use model_config::{
+    CheckpointFormat, CheckpointLayout, MatrixSpan, ModelConfig, QuantSpan, TensorSpan,
+};
 
 use crate::aligned::AlignedBytes;
 use crate::error::LoadError;
+use crate::quant::Q8Ref;
 
 #[cfg(target_endian = "big")]
 compile_error!("llama2.c checkpoints are little-endian and are read in place");
@@ -44,34 +48,39 @@ pub struct Model {
     storage: Storage,
 }
 
-/// The weights of a whole model, as f32 slices into the checkpoint.
-#[derive(Clone, Copy)]
+/// One weight matrix as stored: f32 values, or Q8_0 int8 values with their scales.
+#[derive(Debug, Clone, Copy)]
+pub enum MatRef<'a> {
+    /// Row-major f32.
+    F32(&'a [f32]),
+    /// Row-major int8 with one f32 scale per group.
+    Q8(Q8Ref<'a>),
+}
+
+impl MatRef<'_> {
+    /// Writes row `r` (of rows with `out.len()` values) into `out` as f32: a copy, or a
+    /// dequantisation for Q8_0 (the token embedding is looked up one row at a time; llama2.c
+    /// dequantises the whole table at load instead).
+    #[inline]
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            MatRef::F32(w) => out.copy_from_slice(&w[r * n..(r + 1) * n]),
+            MatRef::Q8(w) => w.dequantize_into(r * n..(r + 1) * n, out),
+        }
+    }
+}
+
+/// The weights of a whole model, as views into the checkpoint.
+#[derive(Clone)]
 pub struct Weights<'a> {
-    cfg: &'a ModelConfig,
     /// `(vocab, dim)`
-    pub token_embedding: &'a [f32],
-    /// `(layers, dim)`
-    pub rms_att: &'a [f32],
-    /// `(layers, dim, dim)`
-    pub wq: &'a [f32],
-    /// `(layers, kv_dim, dim)`
-    pub wk: &'a [f32],
-    /// `(layers, kv_dim, dim)`
-    pub wv: &'a [f32],
-    /// `(layers, dim, dim)`
-    pub wo: &'a [f32],
-    /// `(layers, dim)`
-    pub rms_ffn: &'a [f32],
-    /// `(layers, hidden, dim)`
-    pub w1: &'a [f32],
-    /// `(layers, dim, hidden)`
-    pub w2: &'a [f32],
-    /// `(layers, hidden, dim)`
-    pub w3: &'a [f32],
+    pub token_embedding: MatRef<'a>,
     /// `(dim)`
     pub rms_final: &'a [f32],
     /// `(vocab, dim)`: the token embedding when the classifier is shared.
-    pub wcls: &'a [f32],
+    pub wcls: MatRef<'a>,
+    layers: Vec<LayerWeights<'a>>,
 }
 
 /// One layer's weights.
@@ -80,46 +89,28 @@ pub struct LayerWeights<'a> {
     /// Attention RMSNorm weight `(dim)`.
     pub rms_att: &'a [f32],
     /// Query projection `(dim, dim)`.
-    pub wq: &'a [f32],
+    pub wq: MatRef<'a>,
     /// Key projection `(kv_dim, dim)`.
-    pub wk: &'a [f32],
+    pub wk: MatRef<'a>,
     /// Value projection `(kv_dim, dim)`.
-    pub wv: &'a [f32],
+    pub wv: MatRef<'a>,
     /// Output projection `(dim, dim)`.
-    pub wo: &'a [f32],
+    pub wo: MatRef<'a>,
     /// FFN RMSNorm weight `(dim)`.
     pub rms_ffn: &'a [f32],
     /// Gate projection `(hidden, dim)`.
-    pub w1: &'a [f32],
+    pub w1: MatRef<'a>,
     /// Down projection `(dim, hidden)`.
-    pub w2: &'a [f32],
+    pub w2: MatRef<'a>,
     /// Up projection `(hidden, dim)`.
-    pub w3: &'a [f32],
+    pub w3: MatRef<'a>,
 }
 
 impl<'a> Weights<'a> {
     /// The weights of layer `l`.
+    #[inline]
     pub fn layer(&self, l: usize) -> LayerWeights<'a> {
-        let c = self.cfg;
-        let (d, h, kv) = (c.dim, c.hidden_dim, c.kv_dim());
-        let part = |t: &'a [f32], n: usize| &t[l * n..(l + 1) * n];
-        LayerWeights {
-            rms_att: part(self.rms_att, d),
-            wq: part(self.wq, d * d),
-            wk: part(self.wk, kv * d),
-            wv: part(self.wv, kv * d),
-            wo: part(self.wo, d * d),
-            rms_ffn: part(self.rms_ffn, d),
-            w1: part(self.w1, h * d),
-            w2: part(self.w2, d * h),
-            w3: part(self.w3, h * d),
-        }
-    }
-
-    /// The embedding row of `token`.
-    pub fn embedding(&self, token: usize) -> &'a [f32] {
-        let d = self.cfg.dim;
-        &self.token_embedding[token * d..(token + 1) * d]
+        self.layers[l]
     }
 }
 
@@ -136,12 +127,13 @@ impl Model {
         // reader we rely on nobody truncating the file while it is open.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-        let layout = CheckpointLayout::parse(&map[..map.len().min(256)], len, name).map_err(|source| {
-            LoadError::Header {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let layout =
+            CheckpointLayout::parse(&map[..map.len().min(256)], len, name).map_err(|source| {
+                LoadError::Header {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         #[cfg(unix)]
         {
             // Decode reads every weight once per token, front to back.
@@ -190,14 +182,15 @@ impl Model {
         }
     }
 
-    /// The largest power of two (up to 64) that divides the address of every weight matrix.
+    /// The largest power of two (up to 64) that divides the address of every weight matrix
+    /// (of every layer's int8 values, for Q8_0).
     pub fn weight_alignment(&self) -> usize {
         let base = self.bytes().as_ptr() as usize;
-        let l = &self.layout;
-        [l.token_embedding, l.wq, l.wk, l.wv, l.wo, l.w1, l.w2, l.w3]
+        self.layout
+            .matrices()
             .iter()
-            .chain(l.wcls.iter())
-            .map(|s| 1usize << (base + s.offset).trailing_zeros().min(6))
+            .flat_map(|(_, m)| m.value_offsets())
+            .map(|offset| 1usize << (base + offset).trailing_zeros().min(6))
             .min()
             .unwrap_or(64)
     }
@@ -208,7 +201,10 @@ impl Model {
             Placement::ZeroCopy => "memory-mapped in place (zero-copy)",
             Placement::Realigned => "copied once into 64-byte aligned memory",
         };
-        format!("{how}; weight matrices {}-byte aligned", self.weight_alignment())
+        format!(
+            "{how}; weight matrices {}-byte aligned",
+            self.weight_alignment()
+        )
     }
 
     fn bytes(&self) -> &[u8] {
@@ -220,32 +216,94 @@ impl Model {
 
     fn tensor(&self, span: TensorSpan) -> &[f32] {
         let bytes = &self.bytes()[span.offset..span.end()];
-        // Mappings are page-aligned and every tensor offset is a multiple of 4, so the cast is
-        // aligned; the assertion guards the invariant rather than any input.
+        // Mappings are page-aligned and every f32 offset is a multiple of 4 (the header parser
+        // refuses v2 files whose scales are not), so the cast is aligned; the assertion guards
+        // the invariant rather than any input.
         assert_eq!(bytes.as_ptr() as usize % 4, 0, "tensor not 4-byte aligned");
         // SAFETY: `bytes` is `4 * span.len` initialised bytes, aligned for f32, and any bit
         // pattern is a valid f32; it lives as long as `self`.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), span.len) }
     }
 
-    /// Typed views of every weight.
+    fn quantized(&self, span: QuantSpan) -> Q8Ref<'_> {
+        let bytes = &self.bytes()[span.offset..span.offset + span.len];
+        // SAFETY: i8 has the size and alignment of u8 and every bit pattern is valid.
+        let q = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), span.len) };
+        Q8Ref {
+            q,
+            scales: self.tensor(span.scales()),
+            group: span.group,
+        }
+    }
+
+    /// Layer `layer` (of `layers`) of a matrix.
+    fn matrix(&self, m: &MatrixSpan, layer: usize, layers: usize) -> MatRef<'_> {
+        match m {
+            MatrixSpan::F32(span) => {
+                let all = self.tensor(*span);
+                let n = all.len() / layers;
+                MatRef::F32(&all[layer * n..(layer + 1) * n])
+            }
+            MatrixSpan::Q8(spans) => MatRef::Q8(self.quantized(spans[layer])),
+        }
+    }
+
+    /// An f32 tensor by its layout name (`rms_att`, `wq`, ...): the whole tensor, or one
+    /// layer's part of it. `None` when it is absent or not f32 (a Q8_0 matrix).
+    pub fn f32_tensor(&self, name: &str, layer: Option<usize>) -> Option<&[f32]> {
+        let l = &self.layout;
+        let layers = l.config.n_layers;
+        let per_layer = |span: TensorSpan| {
+            let all = self.tensor(span);
+            match layer {
+                None => all,
+                Some(i) => &all[i * all.len() / layers..(i + 1) * all.len() / layers],
+            }
+        };
+        match name {
+            "rms_att" => return Some(per_layer(l.rms_att)),
+            "rms_ffn" => return Some(per_layer(l.rms_ffn)),
+            "rms_final" => return Some(self.tensor(l.rms_final)),
+            _ => {}
+        }
+        let (_, m) = l.matrices().into_iter().find(|(n, _)| *n == name)?;
+        match m {
+            MatrixSpan::F32(span) if matches!(name, "token_embedding" | "wcls") => {
+                Some(self.tensor(*span))
+            }
+            MatrixSpan::F32(span) => Some(per_layer(*span)),
+            MatrixSpan::Q8(_) => None,
+        }
+    }
+
+    /// Views of every weight (f32 or Q8_0, as stored). Allocates the per-layer table once.
     pub fn weights(&self) -> Weights<'_> {
         let l = &self.layout;
-        let token_embedding = self.tensor(l.token_embedding);
+        let c = &l.config;
+        let (d, layers) = (c.dim, c.n_layers);
+        let rms_att = self.tensor(l.rms_att);
+        let rms_ffn = self.tensor(l.rms_ffn);
+        let token_embedding = self.matrix(&l.token_embedding, 0, 1);
         Weights {
-            cfg: &l.config,
             token_embedding,
-            rms_att: self.tensor(l.rms_att),
-            wq: self.tensor(l.wq),
-            wk: self.tensor(l.wk),
-            wv: self.tensor(l.wv),
-            wo: self.tensor(l.wo),
-            rms_ffn: self.tensor(l.rms_ffn),
-            w1: self.tensor(l.w1),
-            w2: self.tensor(l.w2),
-            w3: self.tensor(l.w3),
             rms_final: self.tensor(l.rms_final),
-            wcls: l.wcls.map_or(token_embedding, |s| self.tensor(s)),
+            wcls: l
+                .wcls
+                .as_ref()
+                .map_or(token_embedding, |m| self.matrix(m, 0, 1)),
+            layers: (0..layers)
+                .map(|i| LayerWeights {
+                    rms_att: &rms_att[i * d..(i + 1) * d],
+                    wq: self.matrix(&l.wq, i, layers),
+                    wk: self.matrix(&l.wk, i, layers),
+                    wv: self.matrix(&l.wv, i, layers),
+                    wo: self.matrix(&l.wo, i, layers),
+                    rms_ffn: &rms_ffn[i * d..(i + 1) * d],
+                    w1: self.matrix(&l.w1, i, layers),
+                    w2: self.matrix(&l.w2, i, layers),
+                    w3: self.matrix(&l.w3, i, layers),
+                })
+                .collect(),
         }
     }
 }

@@ -47,7 +47,10 @@ impl Shared {
             if s >> 32 != generation || (s & 0xffff_ffff) >= shares {
                 return None;
             }
-            match self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Some((s & 0xffff_ffff) as usize),
                 Err(now) => s = now,
             }
@@ -58,7 +61,8 @@ impl Shared {
     fn work(&self, generation: u64) {
         while let Some(i) = self.claim(generation) {
             // SAFETY: see `Shared`; our claim keeps the job alive until `done` counts it.
-            let job = unsafe { (*self.job.get()).expect("a job is published with every generation") };
+            let job =
+                unsafe { (*self.job.get()).expect("a job is published with every generation") };
             unsafe { (*job)(i) };
             self.done.fetch_add(1, Ordering::Release);
         }
@@ -115,7 +119,8 @@ impl Pool {
         let generation = (self.shared.state.load(Ordering::Relaxed) >> 32) + 1;
         // SAFETY: every share of the previous job is done (we waited), so nobody reads `job`.
         unsafe {
-            let erased: *const Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
+            let erased: *const Job =
+                std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
             *self.shared.job.get() = Some(erased);
         }
         self.shared.shares.store(shares, Ordering::Relaxed);
@@ -231,7 +236,10 @@ mod tests {
                     hits[i].fetch_add(1, Ordering::Relaxed);
                 });
             }
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 2000), "{threads} threads");
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 2000),
+                "{threads} threads"
+            );
         }
     }
 

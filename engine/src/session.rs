@@ -43,7 +43,7 @@ impl<'m> Session<'m> {
         Self {
             model,
             weights: model.weights(),
-            backend,
+            backend: backend.for_weights(cfg.weight_format),
             rope: Rope::new(cfg),
             state: RunState::new(cfg),
             pos: 0,
@@ -74,7 +74,9 @@ impl<'m> Session<'m> {
     pub fn step(&mut self, token: u32) -> Result<&mut [f32], StepError> {
         let cfg = self.model.config();
         if self.pos >= cfg.seq_len {
-            return Err(StepError::ContextFull { seq_len: cfg.seq_len });
+            return Err(StepError::ContextFull {
+                seq_len: cfg.seq_len,
+            });
         }
         if token as usize >= cfg.vocab_size {
             return Err(StepError::BadToken {

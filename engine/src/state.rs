@@ -4,6 +4,7 @@
 use model_config::ModelConfig;
 
 use crate::aligned::AlignedVec;
+use crate::quant::InputQuantizer;
 
 /// Activation buffers and the KV cache for one sequence.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct RunState {
     pub key_cache: AlignedVec,
     /// Values `(layers, seq_len, kv_dim)`.
     pub value_cache: AlignedVec,
+    /// Q8_0 models: each GEMV input quantised once (int8 + scales, up to `max(dim, hidden)`).
+    pub xq: InputQuantizer,
 }
 
 impl RunState {
@@ -45,6 +48,7 @@ impl RunState {
             logits: AlignedVec::zeros(c.vocab_size),
             key_cache: AlignedVec::zeros(cache),
             value_cache: AlignedVec::zeros(cache),
+            xq: InputQuantizer::new(c.weight_format, c.dim.max(c.hidden_dim)),
         }
     }
 }

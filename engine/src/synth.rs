@@ -14,7 +14,20 @@ use crate::rng::Rng;
 /// Matrices are uniform in ±1/√fan_in, so every projection keeps activations O(1); norm
 /// weights are near 1; embeddings are uniform in ±1. Logits then vary across the vocabulary
 /// and stay finite. RoPE tables in v0 files are written as llama2.c's exporter does.
-pub fn write_checkpoint(cfg: &ModelConfig, format: CheckpointFormat, seed: u64, path: &Path) -> std::io::Result<()> {
+///
+/// Only f32 formats (v0, v1) are written; quantise the result for v2 (`crate::quant`).
+pub fn write_checkpoint(
+    cfg: &ModelConfig,
+    format: CheckpointFormat,
+    seed: u64,
+    path: &Path,
+) -> std::io::Result<()> {
+    if format == CheckpointFormat::V2 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "synth writes f32 checkpoints (v0, v1); quantise one with `baremetal quantize` for v2",
+        ));
+    }
     let layout = CheckpointLayout::for_config(cfg, format);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
     out.write_all(&layout.header())?;

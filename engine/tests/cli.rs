@@ -10,7 +10,10 @@ use engine::fixtures::fixture;
 use model_config::{preset, CheckpointFormat, ModelConfig};
 
 fn baremetal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baremetal")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_baremetal"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -20,9 +23,19 @@ fn stderr(o: &Output) -> String {
 /// Exits non-zero with exactly one line on stderr that contains every `needle`, and no panic.
 fn assert_clear_error(o: &Output, needles: &[&str]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "error lacks {n:?}: {err}");
     }
@@ -31,7 +44,14 @@ fn assert_clear_error(o: &Output, needles: &[&str]) {
 /// A tiny model with the Llama-2 vocabulary, so the real tokenizer works with it.
 fn tiny_32k(dir: &Path, seq_len: usize) -> std::path::PathBuf {
     let mut cfg = preset("stories15m").unwrap();
-    (cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.seq_len) = (16, 24, 1, 2, 1, seq_len);
+    (
+        cfg.dim,
+        cfg.hidden_dim,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.seq_len,
+    ) = (16, 24, 1, 2, 1, seq_len);
     cfg.validate().unwrap();
     let path = dir.join(format!("tiny32k_{seq_len}.bin"));
     engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 1, &path).unwrap();
@@ -41,18 +61,32 @@ fn tiny_32k(dir: &Path, seq_len: usize) -> std::path::PathBuf {
 #[test]
 fn generate_ids_reproduces_the_reference() {
     let Some(model) = stories260k() else { return };
-    let Some(reference) = fixture("reference/stories260K_greedy256.json") else { return };
+    let Some(reference) = fixture("reference/stories260K_greedy256.json") else {
+        return;
+    };
     let want: Greedy = read_json(&reference);
     let mut runs = vec![vec!["--generic"]];
     if compiled_is_stories260k() {
         runs.push(vec![]);
     }
     for extra in runs {
-        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--ids", "--temperature", "0", "--steps", "256"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--ids",
+            "--temperature",
+            "0",
+            "--steps",
+            "256",
+        ];
         args.extend(extra.iter());
         let o = baremetal(&args);
         assert!(o.status.success(), "{}", stderr(&o));
-        let got: Vec<u32> = String::from_utf8_lossy(&o.stdout).split_whitespace().map(|s| s.parse().unwrap()).collect();
+        let got: Vec<u32> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
         assert_eq!(got, want.tokens, "{extra:?}");
         assert!(stderr(&o).contains("tok/s"), "{}", stderr(&o));
     }
@@ -75,19 +109,46 @@ fn truncated_and_corrupt_checkpoints_are_refused() {
     let dir = temp_dir("cli-corrupt");
     let bytes = std::fs::read(&model).unwrap();
     let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
-        ("truncated.bin", bytes[..bytes.len() - 1000].to_vec(), vec!["truncated", "1056540"]),
+        (
+            "truncated.bin",
+            bytes[..bytes.len() - 1000].to_vec(),
+            vec!["truncated", "1056540"],
+        ),
         ("tiny.bin", bytes[..10].to_vec(), vec!["too short"]),
         ("empty.bin", vec![], vec!["too short"]),
-        ("longer.bin", [bytes.as_slice(), &[0u8; 8]].concat(), vec!["longer than expected"]),
-        ("zero_layers.bin", patch(&bytes, 8, 0), vec!["n_layers", "positive"]),
-        ("neg_dim.bin", patch(&bytes, 0, -64), vec!["dim", "positive"]),
-        ("odd_heads.bin", patch(&bytes, 12, 7), vec!["divisible by n_heads"]),
-        ("kv_heads.bin", patch(&bytes, 16, 3), vec!["divisible by n_kv_heads"]),
+        (
+            "longer.bin",
+            [bytes.as_slice(), &[0u8; 8]].concat(),
+            vec!["longer than expected"],
+        ),
+        (
+            "zero_layers.bin",
+            patch(&bytes, 8, 0),
+            vec!["n_layers", "positive"],
+        ),
+        (
+            "neg_dim.bin",
+            patch(&bytes, 0, -64),
+            vec!["dim", "positive"],
+        ),
+        (
+            "odd_heads.bin",
+            patch(&bytes, 12, 7),
+            vec!["divisible by n_heads"],
+        ),
+        (
+            "kv_heads.bin",
+            patch(&bytes, 16, 3),
+            vec!["divisible by n_kv_heads"],
+        ),
     ];
     for (name, data, needles) in cases {
         let path = dir.join(name);
         std::fs::write(&path, data).unwrap();
-        for cmd in [&["generate", "--ids", "--generic", "--model"][..], &["inspect"][..]] {
+        for cmd in [
+            &["generate", "--ids", "--generic", "--model"][..],
+            &["inspect"][..],
+        ] {
             let mut args = cmd.to_vec();
             args.push(path.to_str().unwrap());
             let mut all = needles.clone();
@@ -95,7 +156,10 @@ fn truncated_and_corrupt_checkpoints_are_refused() {
             assert_clear_error(&baremetal(&args), &all);
         }
     }
-    assert_clear_error(&baremetal(&["inspect", "/no/such/model.bin"]), &["/no/such/model.bin", "does not exist"]);
+    assert_clear_error(
+        &baremetal(&["inspect", "/no/such/model.bin"]),
+        &["/no/such/model.bin", "does not exist"],
+    );
 }
 
 fn patch(bytes: &[u8], at: usize, value: i32) -> Vec<u8> {
@@ -115,7 +179,15 @@ fn nan_weights_are_reported_not_printed() {
     bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     let path = dir.join("nan.bin");
     std::fs::write(&path, bytes).unwrap();
-    let o = baremetal(&["generate", "--generic", "--ids", "--steps", "4", "--model", path.to_str().unwrap()]);
+    let o = baremetal(&[
+        "generate",
+        "--generic",
+        "--ids",
+        "--steps",
+        "4",
+        "--model",
+        path.to_str().unwrap(),
+    ]);
     assert_clear_error(&o, &["non-finite", "corrupt"]);
 }
 
@@ -124,26 +196,60 @@ fn shape_mismatch_names_both_shapes_and_the_rebuild_command() {
     let dir = temp_dir("cli-mismatch");
     let compiled = engine::backend::compiled_config();
     let mut other = preset("stories15m").unwrap();
-    (other.dim, other.hidden_dim, other.n_layers, other.n_heads, other.n_kv_heads, other.seq_len) = (32, 40, 1, 4, 4, 16);
+    (
+        other.dim,
+        other.hidden_dim,
+        other.n_layers,
+        other.n_heads,
+        other.n_kv_heads,
+        other.seq_len,
+    ) = (32, 40, 1, 4, 4, 16);
     other.vocab_size = 64;
     assert!(!other.same_shape(&compiled));
     let path = dir.join("other.bin");
     engine::synth::write_checkpoint(&other, CheckpointFormat::V0, 2, &path).unwrap();
-    let o = baremetal(&["generate", "--ids", "--steps", "3", "--model", path.to_str().unwrap()]);
+    let o = baremetal(&[
+        "generate",
+        "--ids",
+        "--steps",
+        "3",
+        "--model",
+        path.to_str().unwrap(),
+    ]);
     assert_clear_error(
         &o,
-        &["other.bin", "dim 32", &compiled.shape_summary(), "MODEL_CONFIG=", "cargo build --release", "--generic"],
+        &[
+            "other.bin",
+            "dim 32",
+            &compiled.shape_summary(),
+            "MODEL_CONFIG=",
+            "cargo build --release",
+            "--generic",
+        ],
     );
-    let o = baremetal(&["generate", "--ids", "--steps", "3", "--generic", "--model", path.to_str().unwrap()]);
+    let o = baremetal(&[
+        "generate",
+        "--ids",
+        "--steps",
+        "3",
+        "--generic",
+        "--model",
+        path.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Random weights may sample BOS (which ends generation) early, so only bound the count.
-    let ids: Vec<u32> = String::from_utf8_lossy(&o.stdout).split_whitespace().map(|s| s.parse().unwrap()).collect();
+    let ids: Vec<u32> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
     assert!(ids.len() <= 3 && ids.iter().all(|&t| t < 64), "{ids:?}");
 }
 
 #[test]
 fn tokenizer_and_prompt_problems_are_clear_errors() {
-    let Some(tok) = fixture("models/tokenizer.bin") else { return };
+    let Some(tok) = fixture("models/tokenizer.bin") else {
+        return;
+    };
     let dir = temp_dir("cli-tok");
     let model = tiny_32k(&dir, 8);
     let (m, t) = (model.to_str().unwrap(), tok.to_str().unwrap());
@@ -152,30 +258,82 @@ fn tokenizer_and_prompt_problems_are_clear_errors() {
     let short = dir.join("short_tokenizer.bin");
     let bytes = std::fs::read(&tok).unwrap();
     std::fs::write(&short, &bytes[..bytes.len() / 2]).unwrap();
-    let o = baremetal(&["generate", "--generic", "--model", m, "--tokenizer", short.to_str().unwrap(), "--prompt", "hi"]);
+    let o = baremetal(&[
+        "generate",
+        "--generic",
+        "--model",
+        m,
+        "--tokenizer",
+        short.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
     assert_clear_error(&o, &["short_tokenizer.bin"]);
 
     // A tokenizer with more tokens than the model's vocabulary (stories260K has 512).
     if let Some(small) = stories260k() {
-        let o = baremetal(&["generate", "--generic", "--model", small.to_str().unwrap(), "--tokenizer", t]);
+        let o = baremetal(&[
+            "generate",
+            "--generic",
+            "--model",
+            small.to_str().unwrap(),
+            "--tokenizer",
+            t,
+        ]);
         assert_clear_error(&o, &["tokenizer.bin", "more tokens", "512"]);
     }
 
     // A prompt longer than the context (8 positions).
     let long = "Once upon a time there was a little girl named Lily who loved to play outside.";
-    let o = baremetal(&["generate", "--generic", "--model", m, "--tokenizer", t, "--prompt", long]);
+    let o = baremetal(&[
+        "generate",
+        "--generic",
+        "--model",
+        m,
+        "--tokenizer",
+        t,
+        "--prompt",
+        long,
+    ]);
     assert_clear_error(&o, &["prompt", "8"]);
 
     // Too many steps: clamped with a notice, and the run succeeds.
-    let o = baremetal(&["generate", "--generic", "--ids", "--temperature", "0", "--model", m, "--steps", "100"]);
+    let o = baremetal(&[
+        "generate",
+        "--generic",
+        "--ids",
+        "--temperature",
+        "0",
+        "--model",
+        m,
+        "--steps",
+        "100",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("does not fit"), "{}", stderr(&o));
-    let n = String::from_utf8(o.stdout).unwrap().split_whitespace().count();
+    let n = String::from_utf8(o.stdout)
+        .unwrap()
+        .split_whitespace()
+        .count();
     assert!(n <= 8, "generated {n} tokens in a context of 8");
 
     // Text without a tokenizer, and a prompt without a tokenizer.
-    assert_clear_error(&baremetal(&["generate", "--generic", "--model", m]), &["--tokenizer"]);
-    assert_clear_error(&baremetal(&["generate", "--generic", "--ids", "--model", m, "--prompt", "x"]), &["--tokenizer"]);
+    assert_clear_error(
+        &baremetal(&["generate", "--generic", "--model", m]),
+        &["--tokenizer"],
+    );
+    assert_clear_error(
+        &baremetal(&[
+            "generate",
+            "--generic",
+            "--ids",
+            "--model",
+            m,
+            "--prompt",
+            "x",
+        ]),
+        &["--tokenizer"],
+    );
 }
 
 #[test]
@@ -183,7 +341,13 @@ fn bad_flags_are_clear_errors() {
     let dir = temp_dir("cli-flags");
     let model = tiny_32k(&dir, 16);
     let m = model.to_str().unwrap();
-    for (flag, value) in [("--steps", "many"), ("--temperature", "hot"), ("--seed", "-1"), ("--top-p", "x"), ("--steps", "-3")] {
+    for (flag, value) in [
+        ("--steps", "many"),
+        ("--temperature", "hot"),
+        ("--seed", "-1"),
+        ("--top-p", "x"),
+        ("--steps", "-3"),
+    ] {
         let o = baremetal(&["generate", "--generic", "--ids", "--model", m, flag, value]);
         assert!(!o.status.success());
         let err = stderr(&o);

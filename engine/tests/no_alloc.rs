@@ -1,11 +1,13 @@
-//! A decode step performs zero heap allocations, on every backend.
+//! A decode step performs zero heap allocations, on every backend, for f32 and Q8_0 weights.
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use engine::kernels::q8::{Q8Isa, Q8Kernels};
 use engine::kernels::Isa;
+use engine::quant::{choose_group, write_q8_checkpoint};
 use engine::sampler::{Sampler, SamplerConfig};
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat};
@@ -64,27 +66,61 @@ fn decode_steps_do_not_allocate() {
     engine::synth::write_checkpoint(&compiled, CheckpointFormat::V1, 7, &path).unwrap();
     let odd_path = dir.join("odd.bin");
     let mut odd = preset("stories260k").unwrap();
-    (odd.dim, odd.n_heads, odd.n_kv_heads, odd.hidden_dim, odd.vocab_size, odd.seq_len) = (40, 5, 1, 100, 97, 32);
+    (
+        odd.dim,
+        odd.n_heads,
+        odd.n_kv_heads,
+        odd.hidden_dim,
+        odd.vocab_size,
+        odd.seq_len,
+    ) = (40, 5, 1, 100, 97, 32);
     odd.validate().unwrap();
     engine::synth::write_checkpoint(&odd, CheckpointFormat::V0, 8, &odd_path).unwrap();
 
     let model = Model::open(&path, Realign::Never).unwrap();
     let odd_model = Model::open(&odd_path, Realign::Never).unwrap();
+    // Q8_0 versions: the compiled shape with quantize's group, the odd shape with group 20
+    // (the per-group loops of the int8 kernels) and group 4 (the packed loops).
+    let q8_path = dir.join("q8.bin");
+    write_q8_checkpoint(&model, choose_group(&compiled, 64).unwrap().0, &q8_path).unwrap();
+    let q8_model = Model::open(&q8_path, Realign::Never).unwrap();
+    let mut odd_q8 = Vec::new();
+    for group in [20, 4] {
+        let p = dir.join(format!("odd_q8_{group}.bin"));
+        write_q8_checkpoint(&odd_model, group, &p).unwrap();
+        odd_q8.push(Model::open(&p, Realign::Never).unwrap());
+    }
     let mut runs: Vec<(&Model, Backend)> = Vec::new();
     for &isa in Isa::all() {
         if let Some(b) = Backend::specialised(model.config(), &path, Some(isa)).unwrap() {
             runs.push((&model, b));
         }
+        if let Some(b) = Backend::specialised(q8_model.config(), &q8_path, Some(isa)).unwrap() {
+            runs.push((&q8_model, b));
+        }
         if let Some(b) = Backend::generic(Some(isa)) {
             runs.push((&odd_model, b));
         }
     }
-    assert!(runs.len() >= 2);
+    for k in Q8Isa::all().iter().filter_map(|&i| Q8Kernels::for_isa(i)) {
+        for m in &odd_q8 {
+            runs.push((m, Backend::generic(None).unwrap().with_q8(k)));
+        }
+    }
+    assert!(runs.len() >= 4);
     for (m, backend) in runs {
         let what = backend.describe();
         let vocab = m.config().vocab_size;
         let mut session = Session::new(m, backend);
-        let mut sampler = Sampler::new(vocab, SamplerConfig { temperature: 0.8, top_p: 0.9, top_k: 0, seed: 3 });
+        let mut sampler = Sampler::new(
+            vocab,
+            SamplerConfig {
+                temperature: 0.8,
+                top_p: 0.9,
+                top_k: 0,
+                seed: 3,
+            },
+        );
         let mut token = 1u32;
         let steps = m.config().seq_len.min(24);
         let n = allocations_during(|| {

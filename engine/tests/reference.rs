@@ -10,21 +10,36 @@ use engine::sampler::{Sampler, SamplerConfig};
 use engine::{Backend, Model, Realign, Session};
 
 fn greedy() -> Sampler {
-    Sampler::new(512, SamplerConfig { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 1 })
+    Sampler::new(
+        512,
+        SamplerConfig {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 1,
+        },
+    )
 }
 
 fn greedy_ids(model: &Model, backend: Backend, steps: usize) -> Vec<u32> {
     let mut session = Session::new(model, backend);
     let mut ids = Vec::new();
-    generate(&mut session, &[1], steps, &mut greedy(), |ev| ids.push(ev.token)).unwrap();
+    generate(&mut session, &[1], steps, &mut greedy(), |ev| {
+        ids.push(ev.token)
+    })
+    .unwrap();
     ids
 }
 
 fn backends(model: &Model) -> Vec<Backend> {
-    let mut all: Vec<Backend> = Isa::all().iter().filter_map(|&i| Backend::generic(Some(i))).collect();
+    let mut all: Vec<Backend> = Isa::all()
+        .iter()
+        .filter_map(|&i| Backend::generic(Some(i)))
+        .collect();
     if compiled_is_stories260k() {
         for &isa in Isa::all() {
-            if let Some(b) = Backend::specialised(model.config(), model.path(), Some(isa)).unwrap() {
+            if let Some(b) = Backend::specialised(model.config(), model.path(), Some(isa)).unwrap()
+            {
                 all.push(b);
             }
         }
@@ -35,7 +50,9 @@ fn backends(model: &Model) -> Vec<Backend> {
 #[test]
 fn greedy_256_matches_llama2c_on_every_backend() {
     let Some(path) = stories260k() else { return };
-    let Some(reference) = fixture("reference/stories260K_greedy256.json") else { return };
+    let Some(reference) = fixture("reference/stories260K_greedy256.json") else {
+        return;
+    };
     let want: Greedy = read_json(&reference);
     assert_eq!(want.bos, 1);
     for realign in [Realign::Never, Realign::IfMisaligned] {
@@ -43,7 +60,10 @@ fn greedy_256_matches_llama2c_on_every_backend() {
         for backend in backends(&model) {
             let what = backend.describe();
             let got = greedy_ids(&model, backend, 256);
-            assert_eq!(got, want.tokens, "{what} ({realign:?}) diverges from llama2.c");
+            assert_eq!(
+                got, want.tokens,
+                "{what} ({realign:?}) diverges from llama2.c"
+            );
         }
     }
 }
@@ -51,7 +71,9 @@ fn greedy_256_matches_llama2c_on_every_backend() {
 #[test]
 fn logits_of_32_positions_match_llama2c() {
     let Some(path) = stories260k() else { return };
-    let Some(reference) = fixture("reference/stories260K_logits32.json") else { return };
+    let Some(reference) = fixture("reference/stories260K_logits32.json") else {
+        return;
+    };
     let want: Logits = read_json(&reference);
     let model = Model::open(&path, Realign::Never).unwrap();
     for backend in backends(&model) {
@@ -61,13 +83,26 @@ fn logits_of_32_positions_match_llama2c() {
             assert_eq!(session.pos(), p.pos);
             let logits = session.step(p.input).unwrap();
             for (i, (&got, &exp)) in logits.iter().zip(&p.logits_head).enumerate() {
-                assert!((got - exp).abs() <= 1e-4, "{what} pos {} logit {i}: {got} vs {exp}", p.pos);
+                assert!(
+                    (got - exp).abs() <= 1e-4,
+                    "{what} pos {} logit {i}: {got} vs {exp}",
+                    p.pos
+                );
             }
             for &(id, exp) in &p.top5 {
                 let got = logits[id as usize];
-                assert!((got - exp).abs() <= 1e-4, "{what} pos {} logit {id}: {got} vs {exp}", p.pos);
+                assert!(
+                    (got - exp).abs() <= 1e-4,
+                    "{what} pos {} logit {id}: {got} vs {exp}",
+                    p.pos
+                );
             }
-            assert_eq!(engine::sampler::argmax(logits), p.argmax, "{what} pos {}", p.pos);
+            assert_eq!(
+                engine::sampler::argmax(logits),
+                p.argmax,
+                "{what} pos {}",
+                p.pos
+            );
         }
     }
 }
@@ -80,7 +115,9 @@ fn specialised_equals_generic() {
         return;
     }
     let model = Model::open(&path, Realign::Never).unwrap();
-    let spec = Backend::specialised(model.config(), &path, None).unwrap().unwrap();
+    let spec = Backend::specialised(model.config(), &path, None)
+        .unwrap()
+        .unwrap();
     let gen = Backend::generic(None).unwrap();
     assert!(spec.is_specialised() && !gen.is_specialised());
     let mut a = Session::new(&model, spec);
@@ -91,7 +128,10 @@ fn specialised_equals_generic() {
         let lb = b.step(token).unwrap();
         let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (i, (x, y)) in la.iter().zip(lb.iter()).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * scale, "pos {pos} logit {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * scale,
+                "pos {pos} logit {i}: {x} vs {y}"
+            );
         }
         token = engine::sampler::argmax(&la);
         assert_eq!(token, engine::sampler::argmax(lb), "pos {pos}");

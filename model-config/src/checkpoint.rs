@@ -4,6 +4,11 @@
 //!   (negative `vocab_size` = separate classifier), tensors from byte 28, RoPE tables included.
 //! * v1: 256-byte header (magic `ak42`, version 1, the same 7 × i32, a shared-classifier byte),
 //!   tensors in a different order, no RoPE tables.
+//! * v2 (Q8_0, llama2.c `export.py version2_export`): the v1 header with version 2 and an i32
+//!   group size at byte 37 (unaligned). Then the f32 norms (rms_att, rms_ffn, rms_final), then
+//!   for each quantised matrix — token_embedding, wq (each layer), wk, wv, wo, w1, w2, w3 (each
+//!   layer), wcls if not shared — its int8 values immediately followed by its f32 scales
+//!   (one per group of `group_size` consecutive values).
 
 use std::fmt;
 
@@ -17,6 +22,10 @@ pub const MAGIC: u32 = 0x616b_3432;
 pub const V0_HEADER_BYTES: usize = 7 * 4;
 /// Bytes before the first tensor in a v1/v2 file.
 pub const V1_HEADER_BYTES: usize = 256;
+/// Byte offset of the shared-classifier flag in a v1/v2 header.
+const SHARED_FLAG_AT: usize = 9 * 4;
+/// Byte offset of the i32 group size in a v2 header (right after the flag byte: unaligned).
+const GROUP_SIZE_AT: usize = SHARED_FLAG_AT + 1;
 
 /// The on-disk layout family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +34,8 @@ pub enum CheckpointFormat {
     V0,
     /// llama2.c `version1_export` (256-byte header, f32, different tensor order).
     V1,
+    /// llama2.c `version2_export` (256-byte header, Q8_0 matrices, f32 norms).
+    V2,
 }
 
 impl fmt::Display for CheckpointFormat {
@@ -32,11 +43,12 @@ impl fmt::Display for CheckpointFormat {
         f.write_str(match self {
             CheckpointFormat::V0 => "llama2.c v0 (legacy, f32)",
             CheckpointFormat::V1 => "llama2.c v1 (f32)",
+            CheckpointFormat::V2 => "llama2.c v2 (Q8_0)",
         })
     }
 }
 
-/// Where one tensor (all layers together, for per-layer tensors) lies in the file.
+/// Where one f32 tensor (all layers together, for per-layer tensors) lies in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorSpan {
     /// Byte offset from the start of the file.
@@ -52,41 +64,88 @@ impl TensorSpan {
     }
 }
 
+/// Where one Q8_0 matrix (one layer of a per-layer tensor) lies: `len` int8 values from
+/// `offset`, immediately followed by `len / group` f32 scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpan {
+    /// Byte offset of the first int8 value.
+    pub offset: usize,
+    /// Number of weights (int8 values).
+    pub len: usize,
+    /// Weights per scale.
+    pub group: usize,
+}
+
+impl QuantSpan {
+    /// The f32 scales, right after the int8 values.
+    pub fn scales(&self) -> TensorSpan {
+        TensorSpan {
+            offset: self.offset + self.len,
+            len: self.len / self.group,
+        }
+    }
+
+    /// One past the last byte (of the scales).
+    pub fn end(&self) -> usize {
+        self.scales().end()
+    }
+}
+
+/// Where a weight matrix lies: f32 (every layer in one span) or Q8_0 (one span per layer;
+/// exactly one for the token embedding and the classifier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatrixSpan {
+    /// f32 values, all layers back to back.
+    F32(TensorSpan),
+    /// int8 values and scales, per layer.
+    Q8(Vec<QuantSpan>),
+}
+
+impl MatrixSpan {
+    /// Byte offsets where weight values start (one for f32; each layer's int8 values for Q8_0).
+    pub fn value_offsets(&self) -> Vec<usize> {
+        match self {
+            MatrixSpan::F32(s) => vec![s.offset],
+            MatrixSpan::Q8(v) => v.iter().map(|q| q.offset).collect(),
+        }
+    }
+}
+
 /// A parsed header: the model's shape and the position of every tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointLayout {
     /// The file's format.
     pub format: CheckpointFormat,
-    /// The model's shape as the header states it.
+    /// The model's shape as the header states it (`weight_format` says f32 or Q8_0 + group).
     pub config: ModelConfig,
     /// Bytes before the first tensor.
     pub header_bytes: usize,
     /// The exact file size the header implies.
     pub file_bytes: usize,
     /// `(vocab, dim)`.
-    pub token_embedding: TensorSpan,
+    pub token_embedding: MatrixSpan,
     /// `(layers, dim)`.
     pub rms_att: TensorSpan,
     /// `(layers, dim, dim)`.
-    pub wq: TensorSpan,
+    pub wq: MatrixSpan,
     /// `(layers, kv_dim, dim)`.
-    pub wk: TensorSpan,
+    pub wk: MatrixSpan,
     /// `(layers, kv_dim, dim)`.
-    pub wv: TensorSpan,
+    pub wv: MatrixSpan,
     /// `(layers, dim, dim)`.
-    pub wo: TensorSpan,
+    pub wo: MatrixSpan,
     /// `(layers, dim)`.
     pub rms_ffn: TensorSpan,
     /// `(layers, hidden, dim)`.
-    pub w1: TensorSpan,
+    pub w1: MatrixSpan,
     /// `(layers, dim, hidden)`.
-    pub w2: TensorSpan,
+    pub w2: MatrixSpan,
     /// `(layers, hidden, dim)`.
-    pub w3: TensorSpan,
+    pub w3: MatrixSpan,
     /// `(dim)`.
     pub rms_final: TensorSpan,
     /// `(vocab, dim)`; `None` when the classifier is the token embedding.
-    pub wcls: Option<TensorSpan>,
+    pub wcls: Option<MatrixSpan>,
     /// v0 only: stored RoPE tables `(seq_len, head_dim/2)` each, real then imaginary.
     pub freq_cis: Option<(TensorSpan, TensorSpan)>,
 }
@@ -111,7 +170,7 @@ pub enum HeaderError {
         value: i32,
     },
     /// A versioned header with a version this build does not read.
-    #[error("checkpoint version {0} is not supported (this build reads v0 and v1 f32 files)")]
+    #[error("checkpoint version {0} is not supported (this build reads v0 and v1 f32 files and v2 Q8_0 files)")]
     UnsupportedVersion(i32),
     /// The shape breaks a model rule.
     #[error("header describes an impossible model: {0}")]
@@ -128,6 +187,20 @@ pub enum HeaderError {
         /// "truncated" or "longer than expected".
         kind: &'static str,
     },
+    /// A v2 file whose f32 scales do not start on a 4-byte boundary (possible only when the
+    /// group size is not a multiple of 4); they are read in place, so this is refused.
+    #[error(
+        "the f32 scales of `{tensor}` start at byte {offset}, which is not 4-byte aligned (group size {group}); \
+         re-quantise with a group size that is a multiple of 4"
+    )]
+    MisalignedScales {
+        /// The tensor.
+        tensor: &'static str,
+        /// Where its scales start.
+        offset: usize,
+        /// The group size.
+        group: usize,
+    },
 }
 
 fn read_i32(bytes: &[u8], index: usize) -> i32 {
@@ -139,9 +212,30 @@ struct Cursor(usize);
 
 impl Cursor {
     fn take(&mut self, len: usize) -> TensorSpan {
-        let span = TensorSpan { offset: self.0, len };
+        let span = TensorSpan {
+            offset: self.0,
+            len,
+        };
         self.0 += len * 4;
         span
+    }
+
+    fn take_q8(&mut self, len: usize, group: usize) -> QuantSpan {
+        let span = QuantSpan {
+            offset: self.0,
+            len,
+            group,
+        };
+        self.0 = span.end();
+        span
+    }
+
+    /// An f32 matrix of `layers × len` values, or `layers` Q8_0 spans of `len` values.
+    fn matrix(&mut self, layers: usize, len: usize, group: Option<usize>) -> MatrixSpan {
+        match group {
+            None => MatrixSpan::F32(self.take(layers * len)),
+            Some(g) => MatrixSpan::Q8((0..layers).map(|_| self.take_q8(len, g)).collect()),
+        }
     }
 }
 
@@ -164,15 +258,24 @@ impl CheckpointLayout {
                     actual: bytes.len(),
                 });
             }
-            let version = read_i32(bytes, 1);
-            if version != 1 {
-                return Err(HeaderError::UnsupportedVersion(version));
-            }
-            (CheckpointFormat::V1, 2, Some(bytes[9 * 4] != 0))
+            let format = match read_i32(bytes, 1) {
+                1 => CheckpointFormat::V1,
+                2 => CheckpointFormat::V2,
+                version => return Err(HeaderError::UnsupportedVersion(version)),
+            };
+            (format, 2, Some(bytes[SHARED_FLAG_AT] != 0))
         } else {
             (CheckpointFormat::V0, 0, None)
         };
-        let names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
+        let names = [
+            "dim",
+            "hidden_dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "vocab_size",
+            "seq_len",
+        ];
         let mut raw = [0i32; 7];
         for (i, slot) in raw.iter_mut().enumerate() {
             *slot = read_i32(bytes, fields_at + i);
@@ -195,6 +298,21 @@ impl CheckpointLayout {
             }
             vals[i] = raw[i] as usize;
         }
+        let weight_format = if format == CheckpointFormat::V2 {
+            let group =
+                i32::from_le_bytes(bytes[GROUP_SIZE_AT..GROUP_SIZE_AT + 4].try_into().unwrap());
+            if group <= 0 {
+                return Err(HeaderError::NonPositive {
+                    field: "group_size",
+                    value: group,
+                });
+            }
+            WeightFormat::Q8_0 {
+                group_size: group as usize,
+            }
+        } else {
+            WeightFormat::F32
+        };
         let config = ModelConfig {
             name: sanitize_name(name),
             dim: vals[0],
@@ -207,15 +325,20 @@ impl CheckpointLayout {
             shared_classifier: shared,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
-            weight_format: WeightFormat::F32,
+            weight_format,
         };
+        // For v2 this also refuses a group size that does not divide every row length.
         config.validate()?;
         let layout = Self::for_config(&config, format);
         if layout.file_bytes != file_len {
             return Err(HeaderError::SizeMismatch {
                 expected: layout.file_bytes,
                 actual: file_len,
-                shape: config.shape_summary(),
+                shape: format!(
+                    "{}, weights {}",
+                    config.shape_summary(),
+                    config.weight_format
+                ),
                 kind: if file_len < layout.file_bytes {
                     "truncated"
                 } else {
@@ -223,38 +346,70 @@ impl CheckpointLayout {
                 },
             });
         }
+        for (tensor, _, span) in layout.quantized() {
+            let scales = span.scales();
+            if !scales.offset.is_multiple_of(4) {
+                return Err(HeaderError::MisalignedScales {
+                    tensor,
+                    offset: scales.offset,
+                    group: span.group,
+                });
+            }
+        }
         Ok(layout)
     }
 
     /// The layout a file of `format` holding a model of shape `config` has.
-    /// `config` must be valid (bounds keep every size far from overflow).
+    /// `config` must be valid (bounds keep every size far from overflow). v0 and v1 are f32
+    /// whatever `config.weight_format` says (the layout's config says f32).
+    ///
+    /// # Panics
+    /// For v2 with an f32 `config`: the group size would be unknown.
     pub fn for_config(config: &ModelConfig, format: CheckpointFormat) -> Self {
-        let (d, h, l, v) = (config.dim, config.hidden_dim, config.n_layers, config.vocab_size);
+        let (d, h, l, v) = (
+            config.dim,
+            config.hidden_dim,
+            config.n_layers,
+            config.vocab_size,
+        );
         let kv = config.kv_dim();
+        let mut config = config.clone();
+        let group = match format {
+            CheckpointFormat::V0 | CheckpointFormat::V1 => {
+                config.weight_format = WeightFormat::F32;
+                None
+            }
+            CheckpointFormat::V2 => Some(
+                config
+                    .weight_format
+                    .group_size()
+                    .expect("a v2 layout needs a Q8_0 config (the group size)"),
+            ),
+        };
         let header_bytes = match format {
             CheckpointFormat::V0 => V0_HEADER_BYTES,
-            CheckpointFormat::V1 => V1_HEADER_BYTES,
+            CheckpointFormat::V1 | CheckpointFormat::V2 => V1_HEADER_BYTES,
         };
         let mut c = Cursor(header_bytes);
         let layout = match format {
             CheckpointFormat::V0 => {
-                let token_embedding = c.take(v * d);
+                let token_embedding = c.matrix(1, v * d, None);
                 let rms_att = c.take(l * d);
-                let wq = c.take(l * d * d);
-                let wk = c.take(l * kv * d);
-                let wv = c.take(l * kv * d);
-                let wo = c.take(l * d * d);
+                let wq = c.matrix(l, d * d, None);
+                let wk = c.matrix(l, kv * d, None);
+                let wv = c.matrix(l, kv * d, None);
+                let wo = c.matrix(l, d * d, None);
                 let rms_ffn = c.take(l * d);
-                let w1 = c.take(l * h * d);
-                let w2 = c.take(l * d * h);
-                let w3 = c.take(l * h * d);
+                let w1 = c.matrix(l, h * d, None);
+                let w2 = c.matrix(l, d * h, None);
+                let w3 = c.matrix(l, h * d, None);
                 let rms_final = c.take(d);
                 let half = config.seq_len * config.head_dim() / 2;
                 let freq_cis = Some((c.take(half), c.take(half)));
-                let wcls = (!config.shared_classifier).then(|| c.take(v * d));
+                let wcls = (!config.shared_classifier).then(|| c.matrix(1, v * d, None));
                 Self {
                     format,
-                    config: config.clone(),
+                    config,
                     header_bytes,
                     file_bytes: 0,
                     token_embedding,
@@ -272,22 +427,22 @@ impl CheckpointLayout {
                     freq_cis,
                 }
             }
-            CheckpointFormat::V1 => {
+            CheckpointFormat::V1 | CheckpointFormat::V2 => {
                 let rms_att = c.take(l * d);
                 let rms_ffn = c.take(l * d);
                 let rms_final = c.take(d);
-                let token_embedding = c.take(v * d);
-                let wq = c.take(l * d * d);
-                let wk = c.take(l * kv * d);
-                let wv = c.take(l * kv * d);
-                let wo = c.take(l * d * d);
-                let w1 = c.take(l * h * d);
-                let w2 = c.take(l * d * h);
-                let w3 = c.take(l * h * d);
-                let wcls = (!config.shared_classifier).then(|| c.take(v * d));
+                let token_embedding = c.matrix(1, v * d, group);
+                let wq = c.matrix(l, d * d, group);
+                let wk = c.matrix(l, kv * d, group);
+                let wv = c.matrix(l, kv * d, group);
+                let wo = c.matrix(l, d * d, group);
+                let w1 = c.matrix(l, h * d, group);
+                let w2 = c.matrix(l, d * h, group);
+                let w3 = c.matrix(l, h * d, group);
+                let wcls = (!config.shared_classifier).then(|| c.matrix(1, v * d, group));
                 Self {
                     format,
-                    config: config.clone(),
+                    config,
                     header_bytes,
                     file_bytes: 0,
                     token_embedding,
@@ -330,42 +485,79 @@ impl CheckpointLayout {
                 if !c.shared_classifier {
                     fields[5] = -fields[5];
                 }
-                fields.iter().for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
+                fields
+                    .iter()
+                    .for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
             }
-            CheckpointFormat::V1 => {
+            CheckpointFormat::V1 | CheckpointFormat::V2 => {
+                let version: i32 = if self.format == CheckpointFormat::V1 {
+                    1
+                } else {
+                    2
+                };
                 out.extend_from_slice(&MAGIC.to_le_bytes());
-                out.extend_from_slice(&1i32.to_le_bytes());
-                fields.iter().for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
+                out.extend_from_slice(&version.to_le_bytes());
+                fields
+                    .iter()
+                    .for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
                 out.push(c.shared_classifier as u8);
+                if let Some(group) = c.weight_format.group_size() {
+                    out.extend_from_slice(&(group as i32).to_le_bytes());
+                }
                 out.resize(V1_HEADER_BYTES, 0);
             }
         }
         out
     }
 
-    /// Every tensor with its name, in file order.
+    /// Every matrix with its name, in file order (the classifier only when stored).
+    pub fn matrices(&self) -> Vec<(&'static str, &MatrixSpan)> {
+        let mut v = vec![
+            ("token_embedding", &self.token_embedding),
+            ("wq", &self.wq),
+            ("wk", &self.wk),
+            ("wv", &self.wv),
+            ("wo", &self.wo),
+            ("w1", &self.w1),
+            ("w2", &self.w2),
+            ("w3", &self.w3),
+        ];
+        if let Some(w) = &self.wcls {
+            v.push(("wcls", w));
+        }
+        v
+    }
+
+    /// Every f32 tensor with its name, in file order: all tensors of a v0/v1 file, the norms
+    /// of a v2 file (its matrices are in [`CheckpointLayout::quantized`]).
     pub fn tensors(&self) -> Vec<(&'static str, TensorSpan)> {
         let mut v = vec![
-            ("token_embedding", self.token_embedding),
             ("rms_att", self.rms_att),
-            ("wq", self.wq),
-            ("wk", self.wk),
-            ("wv", self.wv),
-            ("wo", self.wo),
             ("rms_ffn", self.rms_ffn),
-            ("w1", self.w1),
-            ("w2", self.w2),
-            ("w3", self.w3),
             ("rms_final", self.rms_final),
         ];
+        for (name, m) in self.matrices() {
+            if let MatrixSpan::F32(s) = m {
+                v.push((name, *s));
+            }
+        }
         if let Some((re, im)) = self.freq_cis {
             v.push(("freq_cis_real", re));
             v.push(("freq_cis_imag", im));
         }
-        if let Some(w) = self.wcls {
-            v.push(("wcls", w));
-        }
         v.sort_by_key(|(_, s)| s.offset);
+        v
+    }
+
+    /// Every Q8_0 matrix as `(name, layer, span)`, in file order (empty for v0/v1).
+    pub fn quantized(&self) -> Vec<(&'static str, usize, QuantSpan)> {
+        let mut v = Vec::new();
+        for (name, m) in self.matrices() {
+            if let MatrixSpan::Q8(spans) = m {
+                v.extend(spans.iter().enumerate().map(|(l, s)| (name, l, *s)));
+            }
+        }
+        v.sort_by_key(|(_, _, s)| s.offset);
         v
     }
 }
@@ -374,7 +566,13 @@ impl CheckpointLayout {
 fn sanitize_name(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         "model".into()
@@ -392,31 +590,160 @@ mod tests {
         preset("stories260k").unwrap()
     }
 
-    #[test]
-    fn header_round_trips_for_both_formats() {
-        for format in [CheckpointFormat::V0, CheckpointFormat::V1] {
-            for shared in [true, false] {
-                let mut cfg = tiny();
-                cfg.shared_classifier = shared;
-                let layout = CheckpointLayout::for_config(&cfg, format);
-                let parsed = CheckpointLayout::parse(&layout.header(), layout.file_bytes, "stories260k").unwrap();
-                assert_eq!(parsed, layout);
+    fn tiny_q8(group_size: usize) -> ModelConfig {
+        ModelConfig {
+            weight_format: WeightFormat::Q8_0 { group_size },
+            ..tiny()
+        }
+    }
+
+    /// `(config, format)` pairs covering every format, shared and separate classifiers.
+    fn all_layouts() -> Vec<CheckpointLayout> {
+        let mut out = Vec::new();
+        for shared in [true, false] {
+            for (cfg, format) in [
+                (tiny(), CheckpointFormat::V0),
+                (tiny(), CheckpointFormat::V1),
+                (tiny_q8(4), CheckpointFormat::V2),
+            ] {
+                let cfg = ModelConfig {
+                    shared_classifier: shared,
+                    ..cfg
+                };
+                out.push(CheckpointLayout::for_config(&cfg, format));
             }
+        }
+        out
+    }
+
+    #[test]
+    fn header_round_trips_for_every_format() {
+        for layout in all_layouts() {
+            let parsed =
+                CheckpointLayout::parse(&layout.header(), layout.file_bytes, "stories260k")
+                    .unwrap();
+            assert_eq!(parsed, layout);
         }
     }
 
     #[test]
     fn tensors_tile_the_file_exactly() {
-        for format in [CheckpointFormat::V0, CheckpointFormat::V1] {
-            let mut cfg = tiny();
-            cfg.shared_classifier = false;
-            let layout = CheckpointLayout::for_config(&cfg, format);
-            let mut at = layout.header_bytes;
-            for (name, span) in layout.tensors() {
-                assert_eq!(span.offset, at, "{name} in {format}");
-                at = span.end();
+        for layout in all_layouts() {
+            let format = layout.format;
+            let mut pieces: Vec<(String, usize, usize)> = layout
+                .tensors()
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.offset, s.end()))
+                .collect();
+            for (n, l, q) in layout.quantized() {
+                pieces.push((format!("{n}[{l}] int8"), q.offset, q.offset + q.len));
+                pieces.push((format!("{n}[{l}] scales"), q.scales().offset, q.end()));
             }
-            assert_eq!(at, layout.file_bytes);
+            pieces.sort_by_key(|p| p.1);
+            let mut at = layout.header_bytes;
+            for (name, start, end) in pieces {
+                assert_eq!(start, at, "{name} in {format}");
+                at = end;
+            }
+            assert_eq!(at, layout.file_bytes, "{format}");
+        }
+    }
+
+    #[test]
+    fn v2_header_matches_llama2c_export() {
+        // Written field by field as export.py's version2_export packs it.
+        let cfg = ModelConfig {
+            shared_classifier: false,
+            ..tiny_q8(4)
+        };
+        let layout = CheckpointLayout::for_config(&cfg, CheckpointFormat::V2);
+        let mut want = Vec::new();
+        want.extend_from_slice(&0x616b3432u32.to_le_bytes());
+        want.extend_from_slice(&2i32.to_le_bytes());
+        for f in [64i32, 172, 5, 8, 4, 512, 512] {
+            want.extend_from_slice(&f.to_le_bytes());
+        }
+        want.push(0); // not shared
+        want.extend_from_slice(&4i32.to_le_bytes()); // group size at byte 37
+        want.resize(256, 0);
+        assert_eq!(layout.header(), want);
+        // Order and sizes: norms, then embedding, then wq of every layer, ..., then wcls.
+        assert_eq!(layout.rms_att.offset, 256);
+        let MatrixSpan::Q8(emb) = &layout.token_embedding else {
+            panic!("v2 embedding is Q8")
+        };
+        assert_eq!(emb[0].offset, 256 + (2 * 5 + 1) * 64 * 4);
+        assert_eq!(emb[0].end() - emb[0].offset, 512 * 64 + 512 * 64 / 4 * 4);
+        let MatrixSpan::Q8(wq) = &layout.wq else {
+            panic!()
+        };
+        assert_eq!(
+            (wq.len(), wq[0].offset, wq[1].offset),
+            (5, emb[0].end(), wq[0].end())
+        );
+        let q = layout.quantized();
+        assert_eq!(q.len(), 1 + 7 * 5 + 1);
+        assert_eq!(
+            (q[0].0, q[1].0, q[6].0, q[q.len() - 1].0),
+            ("token_embedding", "wq", "wk", "wcls")
+        );
+    }
+
+    #[test]
+    fn v2_bad_group_sizes_are_refused() {
+        let layout = CheckpointLayout::for_config(&tiny_q8(4), CheckpointFormat::V2);
+        for (group, needles) in [
+            (0i32, vec!["group_size", "positive"]),
+            (-64, vec!["group_size", "-64"]),
+            (64, vec!["`w2` rows have 172 columns", "group size 64"]),
+            (3, vec!["64 columns", "group size 3"]),
+        ] {
+            let mut h = layout.header();
+            h[37..41].copy_from_slice(&group.to_le_bytes());
+            let err = CheckpointLayout::parse(&h, layout.file_bytes, "x").unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                needles.iter().all(|n| msg.contains(n)),
+                "group {group}: {msg}"
+            );
+        }
+        // Group 2 divides every row, but 2-weight groups leave scales 2 bytes off the grid.
+        let odd = ModelConfig {
+            dim: 66,
+            n_heads: 1,
+            n_kv_heads: 1,
+            vocab_size: 511, // 511 * 66 int8 values = 2 (mod 4) bytes
+            ..tiny_q8(2)
+        };
+        let layout = CheckpointLayout::for_config(&odd, CheckpointFormat::V2);
+        let err = CheckpointLayout::parse(&layout.header(), layout.file_bytes, "x").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HeaderError::MisalignedScales {
+                    tensor: "token_embedding",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("multiple of 4"), "{err}");
+    }
+
+    #[test]
+    fn v2_size_is_checked_exactly() {
+        let layout = CheckpointLayout::for_config(&tiny_q8(4), CheckpointFormat::V2);
+        for (len, kind) in [
+            (layout.file_bytes - 1, "truncated"),
+            (layout.file_bytes + 4, "longer than expected"),
+        ] {
+            let msg = CheckpointLayout::parse(&layout.header(), len, "x")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(kind) && msg.contains("q8_0 (group 4)"),
+                "{msg}"
+            );
         }
     }
 
@@ -430,9 +757,13 @@ mod tests {
     #[test]
     fn size_mismatch_names_both_sizes() {
         let layout = CheckpointLayout::for_config(&tiny(), CheckpointFormat::V0);
-        let err = CheckpointLayout::parse(&layout.header(), layout.file_bytes - 4, "x").unwrap_err();
+        let err =
+            CheckpointLayout::parse(&layout.header(), layout.file_bytes - 4, "x").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&layout.file_bytes.to_string()) && msg.contains("truncated"), "{msg}");
+        assert!(
+            msg.contains(&layout.file_bytes.to_string()) && msg.contains("truncated"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -442,13 +773,18 @@ mod tests {
         h[8..12].copy_from_slice(&0i32.to_le_bytes());
         assert!(matches!(
             CheckpointLayout::parse(&h, layout.file_bytes, "x"),
-            Err(HeaderError::NonPositive { field: "n_layers", .. })
+            Err(HeaderError::NonPositive {
+                field: "n_layers",
+                ..
+            })
         ));
         let mut h = layout.header();
         h[12..16].copy_from_slice(&7i32.to_le_bytes()); // 64 % 7 != 0
         assert!(matches!(
             CheckpointLayout::parse(&h, layout.file_bytes, "x"),
-            Err(HeaderError::Invalid(ConfigError::DimNotDivisibleByHeads { .. }))
+            Err(HeaderError::Invalid(
+                ConfigError::DimNotDivisibleByHeads { .. }
+            ))
         ));
         let mut h = layout.header();
         h[0..4].copy_from_slice(&(-5i32).to_le_bytes());
@@ -467,6 +803,10 @@ mod tests {
         let layout = CheckpointLayout::for_config(&tiny(), CheckpointFormat::V1);
         let mut h = layout.header();
         h[4..8].copy_from_slice(&7i32.to_le_bytes());
+        assert!(CheckpointLayout::parse(&h, layout.file_bytes, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("v2"));
         assert!(matches!(
             CheckpointLayout::parse(&h, layout.file_bytes, "x"),
             Err(HeaderError::UnsupportedVersion(7))

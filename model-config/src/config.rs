@@ -1,7 +1,9 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
 /// Upper bounds that keep derived sizes far from overflow and reject garbage headers.
@@ -12,20 +14,110 @@ const MAX_HEADS: usize = 1 << 10;
 const MAX_VOCAB: usize = 1 << 21;
 const MAX_SEQ: usize = 1 << 20;
 
-/// How the weights are stored. Only f32 exists today; quantised formats join this enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+/// How the weights are stored.
+///
+/// In TOML: `weight_format = "f32"`, or `weight_format = { q8_0 = { group_size = 64 } }`
+/// (the string `"q8_0"` is accepted as shorthand for llama2.c's default group of 64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// 32-bit floats, as in llama2.c v0/v1 checkpoints.
     #[default]
     F32,
+    /// llama2.c Q8_0 (v2 checkpoints): every matrix (and the token embedding) as int8 values
+    /// with one f32 scale per `group_size` consecutive values of a row; norms stay f32.
+    Q8_0 {
+        /// Weights per scale. Divides every row length (`dim` and `hidden_dim`).
+        group_size: usize,
+    },
+}
+
+/// llama2.c's `export.py` default group size.
+pub const DEFAULT_Q8_GROUP: usize = 64;
+
+impl WeightFormat {
+    /// The Q8_0 group size, or `None` for f32.
+    pub fn group_size(self) -> Option<usize> {
+        match self {
+            WeightFormat::F32 => None,
+            WeightFormat::Q8_0 { group_size } => Some(group_size),
+        }
+    }
+
+    /// Bytes a matrix of `n` weights occupies (int8 values plus f32 scales for Q8_0).
+    pub fn matrix_bytes(self, n: usize) -> usize {
+        match self {
+            WeightFormat::F32 => 4 * n,
+            WeightFormat::Q8_0 { group_size } => n + 4 * (n / group_size.max(1)),
+        }
+    }
 }
 
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WeightFormat::F32 => f.write_str("f32"),
+            WeightFormat::Q8_0 { group_size } => write!(f, "q8_0 (group {group_size})"),
         }
+    }
+}
+
+/// The parameters of `{ q8_0 = { ... } }`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Q8Params {
+    group_size: usize,
+}
+
+impl Serialize for WeightFormat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            WeightFormat::F32 => s.serialize_str("f32"),
+            WeightFormat::Q8_0 { group_size } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("q8_0", &Q8Params { group_size })?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WeightFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "\"f32\", \"q8_0\" or { q8_0 = { group_size = N } }";
+        impl<'de> Visitor<'de> for V {
+            type Value = WeightFormat;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WeightFormat, E> {
+                match v {
+                    "f32" => Ok(WeightFormat::F32),
+                    "q8_0" => Ok(WeightFormat::Q8_0 {
+                        group_size: DEFAULT_Q8_GROUP,
+                    }),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &EXPECTED)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WeightFormat, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::invalid_length(0, &EXPECTED));
+                };
+                if key != "q8_0" {
+                    return Err(de::Error::unknown_variant(&key, &["q8_0"]));
+                }
+                let p: Q8Params = map.next_value()?;
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "unexpected second weight format `{extra}`"
+                    )));
+                }
+                Ok(WeightFormat::Q8_0 {
+                    group_size: p.group_size,
+                })
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -127,6 +219,19 @@ pub enum ConfigError {
     /// The name cannot be used as an identifier in generated code.
     #[error("`name` {0:?} must be non-empty and contain only ASCII letters, digits, '_' or '-'")]
     BadName(String),
+    /// A Q8_0 group would straddle two rows of a matrix.
+    #[error(
+        "`{tensor}` rows have {cols} columns, not a multiple of the Q8_0 group size {group}: \
+         a group would straddle two rows (quantise with a group size that divides both dim and hidden_dim)"
+    )]
+    GroupStraddlesRows {
+        /// The tensor(s) whose rows have `cols` columns.
+        tensor: &'static str,
+        /// The row length.
+        cols: usize,
+        /// The group size.
+        group: usize,
+    },
     /// The TOML text did not parse or had unknown/missing keys.
     #[error("{0}")]
     Toml(String),
@@ -161,7 +266,8 @@ impl fmt::Display for GemvShape {
 impl ModelConfig {
     /// Parses and validates a TOML document.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let cfg: ModelConfig = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let cfg: ModelConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -224,6 +330,27 @@ impl ModelConfig {
                 n_kv_heads: self.n_kv_heads,
             });
         }
+        if let WeightFormat::Q8_0 { group_size: group } = self.weight_format {
+            if group == 0 {
+                return Err(ConfigError::Zero {
+                    field: "group_size",
+                });
+            }
+            // Row lengths: dim for the embedding, wq, wk, wv, wo, w1, w3 and the classifier;
+            // hidden_dim for w2.
+            for (tensor, cols) in [
+                ("wq/wk/wv/wo/w1/w3/token_embedding", self.dim),
+                ("w2", self.hidden_dim),
+            ] {
+                if !cols.is_multiple_of(group) {
+                    return Err(ConfigError::GroupStraddlesRows {
+                        tensor,
+                        cols,
+                        group,
+                    });
+                }
+            }
+        }
         for (field, value) in [("rope_theta", self.rope_theta), ("norm_eps", self.norm_eps)] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::BadFloat { field, value });
@@ -251,11 +378,26 @@ impl ModelConfig {
     /// q/o (dim×dim), k/v (kv_dim×dim), w1/w3 (hidden×dim), w2 (dim×hidden), classifier (vocab×dim).
     pub fn gemv_shapes(&self) -> Vec<GemvShape> {
         let mut shapes = vec![
-            GemvShape { rows: self.dim, cols: self.dim },
-            GemvShape { rows: self.kv_dim(), cols: self.dim },
-            GemvShape { rows: self.hidden_dim, cols: self.dim },
-            GemvShape { rows: self.dim, cols: self.hidden_dim },
-            GemvShape { rows: self.vocab_size, cols: self.dim },
+            GemvShape {
+                rows: self.dim,
+                cols: self.dim,
+            },
+            GemvShape {
+                rows: self.kv_dim(),
+                cols: self.dim,
+            },
+            GemvShape {
+                rows: self.hidden_dim,
+                cols: self.dim,
+            },
+            GemvShape {
+                rows: self.dim,
+                cols: self.hidden_dim,
+            },
+            GemvShape {
+                rows: self.vocab_size,
+                cols: self.dim,
+            },
         ];
         shapes.sort();
         shapes.dedup();
@@ -268,6 +410,16 @@ impl ModelConfig {
         let (d, h, kv, l) = (self.dim, self.hidden_dim, self.kv_dim(), self.n_layers);
         let per_layer = 2 * d * d + 2 * kv * d + 3 * h * d + 2 * d;
         l * per_layer + d + self.vocab_size * d + d
+    }
+
+    /// Bytes of weights one decode step reads in this config's weight format: every matrix
+    /// once (int8 values and their scales for Q8_0), the f32 norms, one embedding row.
+    /// Equals `4 * weight_floats_per_token()` for f32.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let (d, h, kv, l) = (self.dim, self.hidden_dim, self.kv_dim(), self.n_layers);
+        let m = |n: usize| self.weight_format.matrix_bytes(n);
+        let per_layer = 2 * m(d * d) + 2 * m(kv * d) + 3 * m(h * d) + 2 * d * 4;
+        l * per_layer + d * 4 + m(d) + m(self.vocab_size * d)
     }
 
     /// Number of f32 parameters the checkpoint holds (excluding v0's RoPE tables).
@@ -307,7 +459,11 @@ impl ModelConfig {
             self.n_kv_heads,
             self.vocab_size,
             self.seq_len,
-            if self.shared_classifier { "shared" } else { "separate" }
+            if self.shared_classifier {
+                "shared"
+            } else {
+                "separate"
+            }
         )
     }
 }
@@ -338,7 +494,10 @@ mod tests {
 
     #[test]
     fn unknown_key_rejected() {
-        let text = format!("{}\nflux_capacitor = 3\n", include_str!("../presets/stories15m.toml"));
+        let text = format!(
+            "{}\nflux_capacitor = 3\n",
+            include_str!("../presets/stories15m.toml")
+        );
         let err = ModelConfig::from_toml_str(&text).unwrap_err();
         assert!(err.to_string().contains("flux_capacitor"), "{err}");
     }
@@ -356,7 +515,10 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::Zero { field: "dim" }));
         let mut c = base();
         c.dim = 290;
-        assert!(matches!(c.validate(), Err(ConfigError::DimNotDivisibleByHeads { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DimNotDivisibleByHeads { .. })
+        ));
         let mut c = base();
         c.dim = 30;
         c.n_heads = 10;
@@ -364,16 +526,120 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::OddHeadDim { head_dim: 3 }));
         let mut c = base();
         c.n_kv_heads = 4;
-        assert!(matches!(c.validate(), Err(ConfigError::HeadsNotDivisibleByKvHeads { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::HeadsNotDivisibleByKvHeads { .. })
+        ));
         let mut c = base();
         c.vocab_size = 1 << 30;
-        assert!(matches!(c.validate(), Err(ConfigError::TooLarge { field: "vocab_size", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooLarge {
+                field: "vocab_size",
+                ..
+            })
+        ));
         let mut c = base();
         c.norm_eps = f32::NAN;
-        assert!(matches!(c.validate(), Err(ConfigError::BadFloat { field: "norm_eps", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadFloat {
+                field: "norm_eps",
+                ..
+            })
+        ));
         let mut c = base();
         c.name = "has space".into();
         assert!(matches!(c.validate(), Err(ConfigError::BadName(_))));
+    }
+
+    fn q8(group_size: usize) -> ModelConfig {
+        ModelConfig {
+            weight_format: WeightFormat::Q8_0 { group_size },
+            ..base()
+        }
+    }
+
+    #[test]
+    fn q8_toml_round_trip_and_shorthand() {
+        for g in [4, 32, 96] {
+            let c = q8(g);
+            let text = c.to_toml();
+            assert_eq!(ModelConfig::from_toml_str(&text).unwrap(), c, "{text}");
+        }
+        let base_text = include_str!("../presets/stories15m.toml");
+        // The shorthand means llama2.c's default group of 64 (stories110m: dim 768, hidden 2048).
+        let big = include_str!("../presets/stories110m.toml");
+        let short =
+            ModelConfig::from_toml_str(&format!("{big}\nweight_format = \"q8_0\"\n")).unwrap();
+        assert_eq!(short.weight_format, WeightFormat::Q8_0 { group_size: 64 });
+        assert_eq!(ModelConfig::from_toml_str(&short.to_toml()).unwrap(), short);
+        let inline = format!("{base_text}\nweight_format = {{ q8_0 = {{ group_size = 32 }} }}\n");
+        assert_eq!(ModelConfig::from_toml_str(&inline).unwrap(), q8(32));
+        // f32 still serialises as the plain string the code generator's snapshots show.
+        assert!(base().to_toml().contains("weight_format = \"f32\""));
+        for bad in [
+            "weight_format = \"q4\"",
+            "weight_format = { q8_0 = { group_size = 32, bits = 8 } }",
+            "weight_format = { q4_0 = { group_size = 32 } }",
+            "weight_format = { q8_0 = { } }",
+        ] {
+            let err = ModelConfig::from_toml_str(&format!("{base_text}\n{bad}\n")).unwrap_err();
+            assert!(matches!(err, ConfigError::Toml(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn q8_group_must_divide_every_row() {
+        assert_eq!(q8(32).validate(), Ok(()));
+        assert_eq!(
+            q8(0).validate(),
+            Err(ConfigError::Zero {
+                field: "group_size"
+            })
+        );
+        // stories15m: dim 288, hidden 768. 64 does not divide 288.
+        let err = q8(64).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("288 columns") && err.to_string().contains("wq"),
+            "{err}"
+        );
+        // stories260k: dim 64, hidden 172 = 4 * 43: the w2 rows are the problem (llama2.c's case).
+        let mut c =
+            ModelConfig::from_toml_str(include_str!("../presets/stories260k.toml")).unwrap();
+        c.weight_format = WeightFormat::Q8_0 { group_size: 64 };
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::GroupStraddlesRows {
+                tensor: "w2",
+                cols: 172,
+                group: 64
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("`w2` rows have 172 columns, not a multiple of the Q8_0 group size 64"),
+            "{err}"
+        );
+        c.weight_format = WeightFormat::Q8_0 { group_size: 4 };
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn weight_bytes_per_token_per_format() {
+        let c = base();
+        assert_eq!(c.weight_bytes_per_token(), 4 * c.weight_floats_per_token());
+        let q = q8(32);
+        // One byte per weight plus one 4-byte scale per 32 weights, for every matrix and the
+        // embedding row; the f32 norms are unchanged.
+        let (d, h, l, v) = (288, 768, 6, 32000);
+        let matrices = l * (4 * d * d + 3 * h * d) + v * d + d;
+        let norms = (2 * l + 1) * d * 4;
+        assert_eq!(
+            q.weight_bytes_per_token(),
+            matrices + matrices / 32 * 4 + norms
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod checkpoint;
 mod config;
 mod presets;
 
-pub use checkpoint::{CheckpointFormat, CheckpointLayout, HeaderError, TensorSpan};
-pub use config::{ConfigError, GemvShape, ModelConfig, WeightFormat};
+pub use checkpoint::{
+    CheckpointFormat, CheckpointLayout, HeaderError, MatrixSpan, QuantSpan, TensorSpan,
+};
+pub use config::{ConfigError, GemvShape, ModelConfig, WeightFormat, DEFAULT_Q8_GROUP};
 pub use presets::{preset, preset_names, resolve, resolve_with_origin, PRESETS};

@@ -12,7 +12,11 @@ pub const PRESETS: &[(&str, &str)] = &[
 
 /// Names of all presets, comma-separated, for messages.
 pub fn preset_names() -> String {
-    PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    PRESETS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The preset called `name` (case-insensitive), if there is one.
@@ -30,7 +34,9 @@ pub fn resolve(spec: &str) -> Result<ModelConfig, ConfigError> {
 }
 
 /// Like [`resolve`], also returning the file that was read (`None` for a preset).
-pub fn resolve_with_origin(spec: &str) -> Result<(ModelConfig, Option<std::path::PathBuf>), ConfigError> {
+pub fn resolve_with_origin(
+    spec: &str,
+) -> Result<(ModelConfig, Option<std::path::PathBuf>), ConfigError> {
     let path = Path::new(spec);
     if path.is_file() {
         return ModelConfig::from_path(path).map(|c| (c, Some(path.to_path_buf())));
@@ -54,7 +60,15 @@ mod tests {
         let shape = |n: &str| {
             let c = preset(n).unwrap();
             assert_eq!(c.name, n);
-            (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len)
+            (
+                c.dim,
+                c.hidden_dim,
+                c.n_layers,
+                c.n_heads,
+                c.n_kv_heads,
+                c.vocab_size,
+                c.seq_len,
+            )
         };
         assert_eq!(shape("stories15m"), (288, 768, 6, 6, 6, 32000, 256));
         assert_eq!(shape("stories42m"), (512, 1376, 8, 8, 8, 32000, 1024));

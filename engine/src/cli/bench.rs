@@ -47,7 +47,9 @@ fn cache_dir() -> PathBuf {
     let bin_dir = exe.as_deref().and_then(Path::parent);
     match bin_dir {
         // target/<profile>/baremetal → target/baremetal-cache
-        Some(d) if d.parent().is_some_and(|t| t.ends_with("target")) => d.parent().unwrap().join("baremetal-cache"),
+        Some(d) if d.parent().is_some_and(|t| t.ends_with("target")) => {
+            d.parent().unwrap().join("baremetal-cache")
+        }
         Some(d) => d.join("baremetal-cache"),
         None => PathBuf::from("baremetal-cache"),
     }
@@ -61,10 +63,17 @@ fn cached_synth(cfg: &ModelConfig) -> anyhow::Result<PathBuf> {
     if std::fs::metadata(&path).is_ok_and(|m| m.len() as usize == expected) {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
-    eprintln!("synthesising a {} model ({} MB) into {} ...", cfg.name, expected / 1_000_000, path.display());
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating cache directory {}", dir.display()))?;
+    eprintln!(
+        "synthesising a {} model ({} MB) into {} ...",
+        cfg.name,
+        expected / 1_000_000,
+        path.display()
+    );
     let tmp = path.with_extension("partial");
-    engine::synth::write_checkpoint(cfg, CheckpointFormat::V1, 0, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    engine::synth::write_checkpoint(cfg, CheckpointFormat::V1, 0, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(path)
 }
@@ -113,7 +122,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let threads = backend.threads();
     let tokens = a.tokens.min(cfg.seq_len);
     if tokens < a.tokens {
-        eprintln!("note: --tokens {} exceeds the context of {}; timing {tokens}", a.tokens, cfg.seq_len);
+        eprintln!(
+            "note: --tokens {} exceeds the context of {}; timing {tokens}",
+            a.tokens, cfg.seq_len
+        );
     }
 
     // The roofline: DRAM read bandwidth, measured with the same ISA as the kernels.
@@ -148,7 +160,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let p = percentiles(&lat_ms);
     let tps = tokens as f64 / wall;
-    let bytes_per_token = cfg.weight_floats_per_token() * 4;
+    let bytes_per_token = cfg.weight_bytes_per_token();
     let achieved = bytes_per_token as f64 * tps / 1e9;
     let roofline = achieved / bw.best_gbs;
     let ttft = lat_ms[0];
@@ -163,7 +175,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(svg) = &a.plot {
         let title = format!("{} per-token latency, {describe}, {tps:.1} tok/s", cfg.name);
-        super::plot::latency_svg(svg, &lat_ms, &title).with_context(|| format!("drawing {}", svg.display()))?;
+        super::plot::latency_svg(svg, &lat_ms, &title)
+            .with_context(|| format!("drawing {}", svg.display()))?;
     }
 
     if a.json {
@@ -184,6 +197,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "roofline_fraction": roofline,
             "threads": threads,
             "format": format,
+            "weight_format": cfg.weight_format.to_string(),
             "placement": model.placement_summary(),
             "isa": isa.name(),
             "specialised": specialised,
@@ -192,9 +206,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("model      {} ({})", path.display(), cfg.shape_summary());
-    println!("format     {format}; {}", model.placement_summary());
+    println!(
+        "format     {format}, weights {}; {}",
+        cfg.weight_format,
+        model.placement_summary()
+    );
     println!("kernels    {describe}");
-    println!("tokens     {tokens} timed after {} warm-up, greedy from BOS", a.warmup);
+    println!(
+        "tokens     {tokens} timed after {} warm-up, greedy from BOS",
+        a.warmup
+    );
     println!("speed      {tps:.1} tok/s; first token {ttft:.2} ms");
     println!(
         "latency    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (p99/p50 {:.2})",
@@ -213,6 +234,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         4,
         bw.passes
     );
-    println!("roofline   {:.0}% of measured read bandwidth", roofline * 100.0);
+    println!(
+        "roofline   {:.0}% of measured read bandwidth",
+        roofline * 100.0
+    );
     Ok(())
 }

@@ -13,7 +13,7 @@ use engine::Session;
 /// Arguments of `generate`.
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// The checkpoint (llama2.c v0 or v1).
+    /// The checkpoint (llama2.c v0 or v1 f32, or v2 Q8_0).
     #[arg(long)]
     model: PathBuf,
     /// The llama2.c tokenizer.bin (needed for text; optional with --ids).
@@ -48,9 +48,16 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     // Flags first: a bad flag is reported before any file is read.
     let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
     });
-    let sampler_cfg = SamplerConfig { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, seed };
+    let sampler_cfg = SamplerConfig {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        seed,
+    };
     sampler_cfg.validate()?;
     super::existing(&a.model, "checkpoint")?;
     let (model, backend) = a.run.load(&a.model)?;
@@ -69,7 +76,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             }
             Some(t)
         }
-        None if !a.ids => anyhow::bail!("printing text needs --tokenizer tokenizer.bin (or pass --ids for token ids)"),
+        None if !a.ids => anyhow::bail!(
+            "printing text needs --tokenizer tokenizer.bin (or pass --ids for token ids)"
+        ),
         None => None,
     };
     let prompt = match &tokenizer {

@@ -9,7 +9,7 @@ use engine::{Model, Realign};
 /// Arguments of `inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// The checkpoint (llama2.c v0 or v1).
+    /// The checkpoint (llama2.c v0 or v1 f32, or v2 Q8_0).
     model: PathBuf,
 }
 
@@ -22,15 +22,47 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     let compiled = compiled_config();
     let params = cfg.parameter_count();
     println!("# {}", a.model.display());
-    println!("# format: {}; {} bytes; {:.2}M parameters", model.format(), layout.file_bytes, params as f64 / 1e6);
+    println!(
+        "# format: {}; {} bytes; {:.2}M parameters",
+        model.format(),
+        layout.file_bytes,
+        params as f64 / 1e6
+    );
     println!(
         "# classifier: {}",
-        if cfg.shared_classifier { "tied to the token embedding" } else { "stored separately (untied)" }
+        if cfg.shared_classifier {
+            "tied to the token embedding"
+        } else {
+            "stored separately (untied)"
+        }
     );
     println!("# weights: {}", model.placement_summary());
-    println!("# weight bytes read per token: {}", cfg.weight_floats_per_token() * 4);
-    if cfg.same_shape(&compiled) {
-        println!("# this binary: compiled for this shape ({}); runs it on specialised kernels", compiled.name);
+    if let Some(group) = cfg.weight_format.group_size() {
+        println!(
+            "# weights: Q8_0, int8 with one f32 scale per {group} weights of a row (token embedding and every matrix; norms f32)"
+        );
+        println!(
+            "# quantized tensors: {} int8+scales spans ({} per-layer matrices × {} layers + embedding{})",
+            layout.quantized().len(),
+            7,
+            cfg.n_layers,
+            if cfg.shared_classifier { "" } else { " + classifier" }
+        );
+    }
+    println!(
+        "# weight bytes read per token: {}",
+        cfg.weight_bytes_per_token()
+    );
+    if cfg.same_shape(&compiled) && cfg.weight_format.group_size().is_some() {
+        println!(
+            "# this binary: compiled for this shape ({}); runs its norms on specialised kernels and its Q8_0 matrices on the runtime-shape int8 kernels",
+            compiled.name
+        );
+    } else if cfg.same_shape(&compiled) {
+        println!(
+            "# this binary: compiled for this shape ({}); runs it on specialised kernels",
+            compiled.name
+        );
     } else {
         println!(
             "# this binary: compiled for {} [{}]; runs this model only with --generic; to specialise: {}",

@@ -1,9 +1,11 @@
 //! Command-line parsing and the one place errors become a message and an exit code.
 
 mod bench;
+mod eval;
 mod generate;
 mod inspect;
 mod plot;
+mod quantize;
 mod synth;
 
 use std::path::Path;
@@ -32,6 +34,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a checkpoint of a given shape with seeded random weights (not a real model).
     Synth(synth::SynthArgs),
+    /// Convert an f32 checkpoint (v0/v1) to llama2.c v2 Q8_0 (int8 weights, f32 group scales).
+    Quantize(quantize::QuantizeArgs),
+    /// Compare a quantised checkpoint with its f32 original: greedy agreement and mean KL.
+    Eval(eval::EvalArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -55,7 +61,11 @@ pub struct RunOpts {
 impl RunOpts {
     /// Opens the model and picks its kernels.
     pub fn load(&self, path: &std::path::Path) -> anyhow::Result<(Model, Backend)> {
-        let realign = if self.realign { Realign::IfMisaligned } else { Realign::Never };
+        let realign = if self.realign {
+            Realign::IfMisaligned
+        } else {
+            Realign::Never
+        };
         let model = Model::open(path, realign)?;
         let backend = if self.generic {
             Backend::generic(self.isa)
@@ -66,13 +76,20 @@ impl RunOpts {
             anyhow::anyhow!(
                 "this CPU cannot run the {} instruction set; choose one of: {}",
                 self.isa.map_or("requested", |i| i.name()),
-                Isa::all().iter().filter(|i| i.is_supported()).map(|i| i.name()).collect::<Vec<_>>().join(", ")
+                Isa::all()
+                    .iter()
+                    .filter(|i| i.is_supported())
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
-        let threads = self
-            .threads
-            .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
-        Ok((model, backend.with_threads(threads)))
+        let threads = self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        );
+        let weights = model.config().weight_format;
+        Ok((model, backend.with_threads(threads).for_weights(weights)))
     }
 }
 
@@ -91,7 +108,10 @@ fn long_version() -> String {
 /// Parses arguments, runs the command, and turns any error into one line on stderr.
 pub fn main() -> ExitCode {
     let version: &'static str = Box::leak(long_version().into_boxed_str());
-    let matches = Cli::command().version(env!("CARGO_PKG_VERSION")).long_version(version).get_matches();
+    let matches = Cli::command()
+        .version(env!("CARGO_PKG_VERSION"))
+        .long_version(version)
+        .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -101,6 +121,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Quantize(a) => quantize::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

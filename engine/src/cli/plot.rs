@@ -18,8 +18,15 @@ pub fn latency_svg(path: &Path, latencies_ms: &[f64], title: &str) -> anyhow::Re
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0..n, 0.0..max)?;
-    chart.configure_mesh().x_desc("token index").y_desc("latency (ms)").draw()?;
-    chart.draw_series(LineSeries::new(latencies_ms.iter().enumerate().map(|(i, &v)| (i, v)), &BLUE))?;
+    chart
+        .configure_mesh()
+        .x_desc("token index")
+        .y_desc("latency (ms)")
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        latencies_ms.iter().enumerate().map(|(i, &v)| (i, v)),
+        &BLUE,
+    ))?;
 
     let bins = 40usize;
     let lo = latencies_ms.iter().copied().fold(f64::MAX, f64::min);
@@ -34,7 +41,10 @@ pub fn latency_svg(path: &Path, latencies_ms: &[f64], title: &str) -> anyhow::Re
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(lo..lo + width * bins as f64, 0..peak + 1)?;
-    hist.configure_mesh().x_desc("latency (ms)").y_desc("tokens").draw()?;
+    hist.configure_mesh()
+        .x_desc("latency (ms)")
+        .y_desc("tokens")
+        .draw()?;
     hist.draw_series(counts.iter().enumerate().map(|(i, &c)| {
         let x0 = lo + i as f64 * width;
         Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.6).filled())

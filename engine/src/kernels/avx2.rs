@@ -64,7 +64,11 @@ unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut j = 0;
     while j + 2 * W <= full {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(j)), _mm256_loadu_ps(bp.add(j)), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(j + W)), _mm256_loadu_ps(bp.add(j + W)), acc1);
+        acc1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(ap.add(j + W)),
+            _mm256_loadu_ps(bp.add(j + W)),
+            acc1,
+        );
         j += 2 * W;
     }
     if j < full {

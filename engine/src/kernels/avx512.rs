@@ -62,7 +62,11 @@ unsafe fn dot(a: *const f32, b: *const f32, n: usize, mask: __mmask16) -> f32 {
     let mut j = 0;
     while j + 2 * W <= full {
         acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(j)), _mm512_loadu_ps(b.add(j)), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(j + W)), _mm512_loadu_ps(b.add(j + W)), acc1);
+        acc1 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(a.add(j + W)),
+            _mm512_loadu_ps(b.add(j + W)),
+            acc1,
+        );
         j += 2 * W;
     }
     if j < full {

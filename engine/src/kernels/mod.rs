@@ -2,8 +2,9 @@
 //!
 //! One file per instruction set, each with the same two functions (`matmul`, `sum_squares`),
 //! chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
-//! kernel is tested against.
+//! kernel is tested against. `q8` holds the int8 kernels for Q8_0 weights.
 
+pub mod q8;
 pub mod reference;
 mod scalar;
 
@@ -43,7 +44,11 @@ impl GenericKernels {
     /// # Panics
     /// When `w.len() != out.len() * x.len()`.
     pub fn matmul(&self, out: &mut [f32], w: &[f32], x: &[f32]) {
-        assert_eq!(w.len(), out.len() * x.len(), "matmul: weight length is not rows × cols");
+        assert_eq!(
+            w.len(),
+            out.len() * x.len(),
+            "matmul: weight length is not rows × cols"
+        );
         match self.isa {
             // SAFETY: `for_isa`/`detect` only build this value after the CPU check, and the
             // length assertion above bounds every access the kernel makes.
@@ -62,7 +67,10 @@ impl GenericKernels {
     /// # Panics
     /// When the three slices differ in length.
     pub fn rmsnorm(&self, out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-        assert!(out.len() == x.len() && weight.len() == x.len(), "rmsnorm: length mismatch");
+        assert!(
+            out.len() == x.len() && weight.len() == x.len(),
+            "rmsnorm: length mismatch"
+        );
         let ss = match self.isa {
             // SAFETY: as in `matmul`; the kernel reads exactly `x.len()` elements.
             #[cfg(target_arch = "x86_64")]
@@ -96,21 +104,30 @@ mod tests {
     }
 
     fn supported() -> Vec<GenericKernels> {
-        Isa::all().iter().filter_map(|&i| GenericKernels::for_isa(i)).collect()
+        Isa::all()
+            .iter()
+            .filter_map(|&i| GenericKernels::for_isa(i))
+            .collect()
     }
 
     #[test]
     fn every_supported_isa_is_reachable() {
         assert_eq!(GenericKernels::detect().isa(), Isa::best());
         for &isa in Isa::all() {
-            assert_eq!(GenericKernels::for_isa(isa).is_some(), isa.is_supported(), "{isa}");
+            assert_eq!(
+                GenericKernels::for_isa(isa).is_some(),
+                isa.is_supported(),
+                "{isa}"
+            );
         }
     }
 
     #[test]
     fn matmul_matches_f64_reference_over_many_sizes() {
         let mut rng = Rng::new(0x5eed);
-        let cols_list = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 172, 288, 513];
+        let cols_list = [
+            1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 172, 288, 513,
+        ];
         let rows_list = [1, 2, 3, 4, 5, 7, 9, 13];
         for k in supported() {
             for &cols in &cols_list {
@@ -121,7 +138,12 @@ mod tests {
                     k.matmul(&mut out, &w, &x);
                     let (want, mag) = reference::matmul(&w, &x);
                     for r in 0..rows {
-                        check_close(out[r], want[r], mag[r], &format!("{} {rows}x{cols} row {r}", k.isa()));
+                        check_close(
+                            out[r],
+                            want[r],
+                            mag[r],
+                            &format!("{} {rows}x{cols} row {r}", k.isa()),
+                        );
                     }
                 }
             }
@@ -140,7 +162,12 @@ mod tests {
                 let want = reference::rmsnorm(&x, &w, 1e-5);
                 for i in 0..n {
                     // Each output is one product of O(1) terms, so a relative bound suffices.
-                    check_close(out[i], want[i], want[i].abs() * 10.0, &format!("{} rmsnorm n={n} i={i}", k.isa()));
+                    check_close(
+                        out[i],
+                        want[i],
+                        want[i].abs() * 10.0,
+                        &format!("{} rmsnorm n={n} i={i}", k.isa()),
+                    );
                 }
             }
         }

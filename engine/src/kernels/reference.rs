@@ -16,5 +16,8 @@ pub fn matmul(w: &[f32], x: &[f32]) -> (Vec<f64>, Vec<f64>) {
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f64> {
     let ss = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
     let scale = 1.0 / (ss + eps).sqrt();
-    x.iter().zip(weight).map(|(&v, &w)| w as f64 * scale * v as f64).collect()
+    x.iter()
+        .zip(weight)
+        .map(|(&v, &w)| w as f64 * scale * v as f64)
+        .collect()
 }

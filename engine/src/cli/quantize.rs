@@ -1,0 +1,87 @@
+//! `baremetal quantize`: an f32 checkpoint (llama2.c v0 or v1) to llama2.c v2 (Q8_0).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use engine::quant::{choose_group, write_q8_checkpoint};
+use engine::{Model, Realign};
+use model_config::{CheckpointFormat, DEFAULT_Q8_GROUP};
+
+/// Quantised formats `quantize` writes.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum QuantFormat {
+    /// llama2.c v2: int8 weights with one f32 scale per group (norms stay f32).
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+/// Arguments of `quantize`.
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The f32 checkpoint to read (llama2.c v0 or v1).
+    input: PathBuf,
+    /// Where to write the quantised checkpoint.
+    output: PathBuf,
+    /// The quantised format.
+    #[arg(long, value_enum)]
+    format: QuantFormat,
+    /// Weights per scale, a multiple of 4. Groups must not straddle rows: when this does not
+    /// divide both dim and hidden_dim, the largest power of two below it that does is used.
+    #[arg(long, default_value_t = DEFAULT_Q8_GROUP)]
+    group: usize,
+}
+
+/// Runs `quantize`.
+pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+    let QuantFormat::Q8_0 = a.format;
+    super::existing(&a.input, "checkpoint")?;
+    let model = Model::open(&a.input, Realign::Never)?;
+    if model.format() == CheckpointFormat::V2 {
+        anyhow::bail!(
+            "{} is already a Q8_0 (v2) checkpoint; quantize reads f32 (v0 or v1) checkpoints",
+            a.input.display()
+        );
+    }
+    if a.output.canonicalize().ok() == a.input.canonicalize().ok() {
+        anyhow::bail!(
+            "the output {} is the input; choose another path",
+            a.output.display()
+        );
+    }
+    let cfg = model.config();
+    let (group, backed_off) =
+        choose_group(cfg, a.group).with_context(|| format!("quantizing {}", a.input.display()))?;
+    if backed_off {
+        eprintln!(
+            "note: group size {} does not divide every row (dim {}, hidden_dim {}); using {group}, \
+             the largest power of two below it that does ({:.1} extra bits of scale per weight)",
+            a.group,
+            cfg.dim,
+            cfg.hidden_dim,
+            32.0 / group as f64
+        );
+    }
+    let mut tmp = a.output.clone().into_os_string();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let report = write_q8_checkpoint(&model, group, &tmp)?;
+    std::fs::rename(&tmp, &a.output)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), a.output.display()))?;
+    // Read it back through the loader: the header, the size and the group checks.
+    let written = Model::open(&a.output, Realign::Never)?;
+    let worst = report
+        .max_error
+        .iter()
+        .fold(("", 0.0f32), |w, &(n, e)| if e > w.1 { (n, e) } else { w });
+    eprintln!(
+        "wrote {} ({}, group {group}): {} → {} bytes; largest |w - dequantised w| {:.3e} (in {})",
+        a.output.display(),
+        written.format(),
+        model.layout().file_bytes,
+        written.layout().file_bytes,
+        worst.1,
+        worst.0
+    );
+    Ok(())
+}
