@@ -137,3 +137,50 @@ fn specialised_equals_generic() {
         assert_eq!(token, engine::sampler::argmax(lb), "pos {pos}");
     }
 }
+
+/// Splitting rows and heads across threads must not change a single logit: shares start on
+/// the kernels' row-tile boundaries, so every row is computed by the same code path.
+#[test]
+fn thread_count_does_not_change_logits() {
+    let Some(path) = stories260k() else { return };
+    let model = Model::open(&path, Realign::Never).unwrap();
+    let mut kinds = vec![Backend::generic(None).unwrap()];
+    if compiled_is_stories260k() {
+        kinds.push(
+            Backend::specialised(model.config(), &path, None)
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    for kind in kinds {
+        let specialised = kind.is_specialised();
+        let make = |threads: usize| {
+            let b = if specialised {
+                Backend::specialised(model.config(), &path, None)
+                    .unwrap()
+                    .unwrap()
+            } else {
+                Backend::generic(None).unwrap()
+            };
+            b.with_threads(threads)
+        };
+        let mut one = Session::new(&model, make(1));
+        let mut many: Vec<Session> = [2, 3]
+            .iter()
+            .map(|&t| Session::new(&model, make(t)))
+            .collect();
+        let mut token = 1;
+        for pos in 0..128 {
+            let want = one.step(token).unwrap().to_vec();
+            for s in &mut many {
+                let what = s.backend().describe();
+                assert_eq!(
+                    s.step(token).unwrap(),
+                    &want[..],
+                    "{what} at position {pos}"
+                );
+            }
+            token = engine::sampler::argmax(&want);
+        }
+    }
+}
