@@ -53,6 +53,8 @@ pub struct Backend {
     q8: Q8Kernels,
     /// The weights this backend runs, for reports (set by [`Backend::for_weights`]).
     weights: WeightFormat,
+    /// Runtime-shape f32 kernels on the same ISA, for attention (its shapes change per token).
+    attention: GenericKernels,
     pool: Pool,
 }
 
@@ -108,8 +110,15 @@ impl Backend {
             Some(isa) => Q8Kernels::for_isa(crate::kernels::q8::Q8Isa::for_f32_isa(isa)),
             None => None,
         };
+        let attention = match &kernels {
+            Kernels::Generic(k) => *k,
+            Kernels::Specialised(k) => {
+                GenericKernels::for_isa(k.isa()).unwrap_or_else(GenericKernels::detect)
+            }
+        };
         Self {
             kernels,
+            attention,
             q8: q8.unwrap_or_else(Q8Kernels::detect),
             weights: WeightFormat::F32,
             pool: Pool::new(1),
@@ -127,6 +136,11 @@ impl Backend {
     pub fn for_weights(mut self, weights: WeightFormat) -> Self {
         self.weights = weights;
         self
+    }
+
+    /// The runtime-shape f32 kernels attention runs on (same ISA as the matrices).
+    pub fn attention_kernels(&self) -> &GenericKernels {
+        &self.attention
     }
 
     /// The int8 kernels Q8_0 matrices run on.

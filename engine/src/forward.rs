@@ -7,6 +7,7 @@
 use model_config::ModelConfig;
 
 use crate::backend::{Backend, Matrix};
+use crate::kernels::GenericKernels;
 use crate::model::Weights;
 use crate::pool::SyncPtr;
 use crate::state::{Rope, RunState};
@@ -28,7 +29,7 @@ pub fn forward<'s>(
         token < c.vocab_size && pos < c.seq_len,
         "token {token} / position {pos} out of range"
     );
-    let (kv_dim, hs) = (c.kv_dim(), c.head_dim());
+    let hs = c.head_dim();
     let kv_group = c.kv_group();
     // run.c divides by sqrtf(head_size); dividing (not multiplying by the inverse) keeps us bit-close.
     let sqrt_hs = (hs as f32).sqrt();
@@ -38,21 +39,26 @@ pub fn forward<'s>(
 
     for l in 0..c.n_layers {
         let lw = w.layer(l);
-        // Attention: this position's key and value go straight into the cache.
+        // Attention.
         b.rmsnorm(&mut s.xb, &s.x, lw.rms_att, c.norm_eps);
         let xb = s.xq.input(&s.xb);
-        let at = (l * c.seq_len + pos) * kv_dim;
-        let k = &mut s.key_cache[at..at + kv_dim];
-        let v = &mut s.value_cache[at..at + kv_dim];
         b.matvec(Matrix::Q, &mut s.q, lw.wq, xb);
-        b.matvec(Matrix::K, k, lw.wk, xb);
-        b.matvec(Matrix::V, v, lw.wv, xb);
+        b.matvec(Matrix::K, &mut s.k, lw.wk, xb);
+        b.matvec(Matrix::V, &mut s.v, lw.wv, xb);
         rope.rotate(&mut s.q, pos);
-        rope.rotate(k, pos);
+        rope.rotate(&mut s.k, pos);
 
-        let layer = l * c.seq_len * kv_dim;
-        let keys = &s.key_cache[layer..layer + (pos + 1) * kv_dim];
-        let values = &s.value_cache[layer..layer + (pos + 1) * kv_dim];
+        // The cache is (layer, kv head, position, head_dim): store this position per head.
+        let layer = l * c.n_kv_heads * c.seq_len * hs;
+        let head_span = c.seq_len * hs;
+        for kh in 0..c.n_kv_heads {
+            let at = layer + kh * head_span + pos * hs;
+            s.key_cache[at..at + hs].copy_from_slice(&s.k[kh * hs..(kh + 1) * hs]);
+            s.value_cache[at..at + hs].copy_from_slice(&s.v[kh * hs..(kh + 1) * hs]);
+        }
+        let keys = &s.key_cache[layer..layer + c.n_kv_heads * head_span];
+        let values = &s.value_cache[layer..layer + c.n_kv_heads * head_span];
+        let kernels = b.attention_kernels();
         let (q, att, out) = (
             &s.q[..],
             SyncPtr(s.att.as_mut_ptr()),
@@ -66,13 +72,12 @@ pub fn forward<'s>(
                     std::slice::from_raw_parts_mut(att.get().add(h * c.seq_len), pos + 1)
                 };
                 let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(h * hs), hs) };
-                let kv_off = (h / kv_group) * hs;
+                let kv = (h / kv_group) * head_span..(h / kv_group) * head_span + (pos + 1) * hs;
                 attend(
+                    kernels,
                     &q[h * hs..(h + 1) * hs],
-                    keys,
-                    values,
-                    kv_dim,
-                    kv_off,
+                    &keys[kv.clone()],
+                    &values[kv],
                     sqrt_hs,
                     att,
                     out,
@@ -103,46 +108,26 @@ pub fn forward<'s>(
 }
 
 /// One head's attention over positions `0..=pos`: scores, softmax, weighted sum of values.
-#[allow(clippy::too_many_arguments)]
-#[inline]
+/// `keys` and `values` are this head's `(pos + 1, head_dim)` rows, contiguous.
 fn attend(
+    kernels: &GenericKernels,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    kv_dim: usize,
-    kv_off: usize,
     sqrt_hs: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
-    let hs = q.len();
-    for (t, a) in att.iter_mut().enumerate() {
-        let key = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
-        *a = dot(q, key) / sqrt_hs;
-    }
+    // The scores are a GEMV: one row per position, head_dim columns.
+    kernels.matmul(att, keys, q);
+    att.iter_mut().for_each(|a| *a /= sqrt_hs);
     softmax(att);
     out.fill(0.0);
-    for (t, &a) in att.iter().enumerate() {
-        let value = &values[t * kv_dim + kv_off..t * kv_dim + kv_off + hs];
+    for (&a, value) in att.iter().zip(values.chunks_exact(out.len())) {
         for (o, &v) in out.iter_mut().zip(value) {
             *o += a * v;
         }
     }
-}
-
-/// Eight partial sums: a sequential f32 sum cannot be vectorised, and attention runs
-/// `heads × positions` of these per layer.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, at) = a.as_chunks::<8>();
-    let (bc, bt) = b.as_chunks::<8>();
-    for (x, y) in ac.iter().zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

@@ -25,9 +25,14 @@ pub struct RunState {
     pub att: AlignedVec,
     /// Output logits `(vocab)`.
     pub logits: AlignedVec,
-    /// Keys `(layers, seq_len, kv_dim)`.
+    /// This position's keys `(kv_dim)`, before they are stored per head in the cache.
+    pub k: AlignedVec,
+    /// This position's values `(kv_dim)`.
+    pub v: AlignedVec,
+    /// Keys `(layers, n_kv_heads, seq_len, head_dim)`: each head's keys are contiguous, so a
+    /// head's attention scores are one small GEMV over them.
     pub key_cache: AlignedVec,
-    /// Values `(layers, seq_len, kv_dim)`.
+    /// Values `(layers, n_kv_heads, seq_len, head_dim)`.
     pub value_cache: AlignedVec,
     /// Q8_0 models: each GEMV input quantised once (int8 + scales, up to `max(dim, hidden)`).
     pub xq: InputQuantizer,
@@ -46,6 +51,8 @@ impl RunState {
             q: AlignedVec::zeros(c.dim),
             att: AlignedVec::zeros(c.n_heads * c.seq_len),
             logits: AlignedVec::zeros(c.vocab_size),
+            k: AlignedVec::zeros(c.kv_dim()),
+            v: AlignedVec::zeros(c.kv_dim()),
             key_cache: AlignedVec::zeros(cache),
             value_cache: AlignedVec::zeros(cache),
             xq: InputQuantizer::new(c.weight_format, c.dim.max(c.hidden_dim)),
