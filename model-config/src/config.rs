@@ -121,6 +121,12 @@ impl<'de> Deserialize<'de> for WeightFormat {
     }
 }
 
+/// TOML floats are f64: widening an f32 prints `1e-5` as `0.000009999999747378752`. The
+/// shortest decimal that reads back as the same f32 keeps `inspect` output clean and exact.
+fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse().unwrap_or(*v as f64))
+}
+
 fn default_rope_theta() -> f32 {
     10000.0
 }
@@ -157,10 +163,10 @@ pub struct ModelConfig {
     #[serde(default = "default_true")]
     pub shared_classifier: bool,
     /// RoPE base frequency.
-    #[serde(default = "default_rope_theta")]
+    #[serde(default = "default_rope_theta", serialize_with = "shortest_f32")]
     pub rope_theta: f32,
     /// RMSNorm epsilon.
-    #[serde(default = "default_norm_eps")]
+    #[serde(default = "default_norm_eps", serialize_with = "shortest_f32")]
     pub norm_eps: f32,
     /// Weight storage format.
     #[serde(default)]

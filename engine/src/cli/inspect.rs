@@ -36,7 +36,14 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             "stored separately (untied)"
         }
     );
-    println!("# weights: {}", model.placement_summary());
+    if layout.header_bytes % 64 == 0 {
+        println!("# weights: {}", model.placement_summary());
+    } else {
+        println!(
+            "# weights: {}-byte aligned on disk; generate and bench copy them once into 64-byte aligned memory (--zero-copy maps them in place)",
+            model.weight_alignment()
+        );
+    }
     if let Some(group) = cfg.weight_format.group_size() {
         println!(
             "# weights: Q8_0, int8 with one f32 scale per {group} weights of a row (token embedding and every matrix; norms f32)"
