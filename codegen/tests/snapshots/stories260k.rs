@@ -52,7 +52,7 @@ vocab_size = 512
 seq_len = 512
 shared_classifier = true
 rope_theta = 10000.0
-norm_eps = 0.000009999999747378752
+norm_eps = 0.00001
 weight_format = "f32"
 "#;
 
