@@ -1,6 +1,6 @@
 //! Which kernels the forward pass runs on: the ones generated for the compiled shape, or the
-//! generic runtime-shape ones, plus the runtime-shape int8 kernels for Q8_0 weights. Chosen
-//! once when a session starts.
+//! generic runtime-shape ones, plus the runtime-shape int8 kernels for Q8_0 weights and the
+//! 4-bit ones for Q4_0 weights. Chosen once when a session starts.
 
 use std::ops::Range;
 use std::path::Path;
@@ -9,11 +9,12 @@ use generated::{Gemv, RmsNorm};
 use model_config::{ModelConfig, WeightFormat, PRESETS};
 
 use crate::error::LoadError;
+use crate::kernels::q4::Q4Kernels;
 use crate::kernels::q8::Q8Kernels;
 use crate::kernels::{GenericKernels, Isa};
 use crate::model::MatRef;
 use crate::pool::{share, Pool, SyncPtr};
-use crate::quant::{GemvInput, Q8Ref};
+use crate::quant::{GemvInput, Q4Ref, Q8Ref};
 
 /// The matrix a GEMV multiplies by; the specialised backend maps each to its compiled shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct Backend {
     kernels: Kernels,
     /// Int8 GEMV for Q8_0 matrices (runtime-shape: no generated int8 kernels exist yet).
     q8: Q8Kernels,
+    /// GEMV for Q4_0 matrices (runtime-shape), on the same instruction set as `q8`.
+    q4: Q4Kernels,
     /// The weights this backend runs, for reports (set by [`Backend::for_weights`]).
     weights: WeightFormat,
     /// Runtime-shape f32 kernels on the same ISA, for attention (its shapes change per token).
@@ -110,6 +113,8 @@ impl Backend {
             Some(isa) => Q8Kernels::for_isa(crate::kernels::q8::Q8Isa::for_f32_isa(isa)),
             None => None,
         };
+        let q8 = q8.unwrap_or_else(Q8Kernels::detect);
+        let q4 = Q4Kernels::for_isa(q8.isa()).expect("the int8 path's CPU check passed");
         let attention = match &kernels {
             Kernels::Generic(k) => *k,
             Kernels::Specialised(k) => {
@@ -119,7 +124,8 @@ impl Backend {
         Self {
             kernels,
             attention,
-            q8: q8.unwrap_or_else(Q8Kernels::detect),
+            q8,
+            q4,
             weights: WeightFormat::F32,
             pool: Pool::new(1),
         }
@@ -143,9 +149,20 @@ impl Backend {
         &self.attention
     }
 
+    /// The same backend with its Q4_0 kernels forced to `q4` (tests, comparisons).
+    pub fn with_q4(mut self, q4: Q4Kernels) -> Self {
+        self.q4 = q4;
+        self
+    }
+
     /// The int8 kernels Q8_0 matrices run on.
     pub fn q8(&self) -> Q8Kernels {
         self.q8
+    }
+
+    /// The kernels Q4_0 matrices run on.
+    pub fn q4(&self) -> Q4Kernels {
+        self.q4
     }
 
     /// The same kernels, with work split across `threads` threads (a persistent pool).
@@ -168,7 +185,7 @@ impl Backend {
     }
 
     /// True when the matrix products run on generated kernels: the specialised f32 kernels
-    /// with f32 weights. Q8_0 matrices always run on the runtime-shape int8 kernels.
+    /// with f32 weights. Q8_0 and Q4_0 matrices always run on the runtime-shape kernels.
     pub fn is_specialised(&self) -> bool {
         matches!(self.kernels, Kernels::Specialised(_)) && self.weights == WeightFormat::F32
     }
@@ -188,6 +205,11 @@ impl Backend {
             WeightFormat::Q8_0 { group_size } => format!(
                 "generic int8 {}, q8_0 group {group_size} (rmsnorm: {f32_kind} {}), {threads}",
                 self.q8.isa().name(),
+                self.isa().name()
+            ),
+            WeightFormat::Q4_0 { group_size } => format!(
+                "generic q4 {}, q4_0 group {group_size} (rmsnorm: {f32_kind} {}), {threads}",
+                self.q4.isa().name(),
                 self.isa().name()
             ),
         }
@@ -223,8 +245,8 @@ impl Backend {
         });
     }
 
-    /// `out = W · x` for a matrix as stored: f32 weights take `x.x`, Q8_0 weights the
-    /// quantised `x.q8` (which a Q8_0 model's inputs always carry).
+    /// `out = W · x` for a matrix as stored: f32 weights take `x.x`, Q8_0 and Q4_0 weights
+    /// the quantised `x.q8` (which a quantised model's inputs always carry).
     #[inline]
     pub fn matvec(&self, m: Matrix, out: &mut [f32], w: MatRef, x: GemvInput) {
         match w {
@@ -234,6 +256,12 @@ impl Backend {
                 out,
                 w,
                 x.q8.expect("a Q8_0 matrix needs a quantised input"),
+            ),
+            MatRef::Q4(w) => self.gemv_q4(
+                m,
+                out,
+                w,
+                x.q8.expect("a Q4_0 matrix needs a quantised input"),
             ),
         }
     }
@@ -259,6 +287,29 @@ impl Backend {
             // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
             let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
             self.q8.matmul(out, w.rows(r, cols), x);
+        });
+    }
+
+    /// `out = W · x` for a Q4_0 matrix and an int8 input, rows split across the threads in
+    /// tiles of [`ROW_TILE`] as for f32 and Q8_0, so the result is the same for every thread
+    /// count.
+    pub fn gemv_q4(&self, _m: Matrix, out: &mut [f32], w: Q4Ref, x: Q8Ref) {
+        let (rows, cols) = (out.len(), x.q.len());
+        let shares = self.pool.threads();
+        if shares == 1 || rows < MIN_PARALLEL_ROWS {
+            return self.q4.matmul(out, w, x);
+        }
+        assert_eq!(
+            w.q.len() * 2,
+            rows * cols,
+            "gemv_q4: weight length is not rows × cols"
+        );
+        let out = SyncPtr(out.as_mut_ptr());
+        self.pool.run(&|i| {
+            let r = share(rows, shares, i, ROW_TILE);
+            // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
+            self.q4.matmul(out, w.rows(r, cols), x);
         });
     }
 

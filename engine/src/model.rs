@@ -1,5 +1,6 @@
 //! Opening a checkpoint: mmap it, parse and check the header, and hand out typed views of
-//! the weights (f32, or int8 + f32 scales for Q8_0 v2 files). The views borrow the mapping;
+//! the weights (f32, int8 + f32 scales for Q8_0 v2 files, packed nibbles + f32 scales for
+//! Q4_0 v3 files). The views borrow the mapping;
 //! nothing is copied unless realignment is asked for.
 
 use std::fs::File;
@@ -12,7 +13,7 @@ use model_config::{
 
 use crate::aligned::AlignedBytes;
 use crate::error::LoadError;
-use crate::quant::Q8Ref;
+use crate::quant::{Q4Ref, Q8Ref};
 
 #[cfg(target_endian = "big")]
 compile_error!("llama2.c checkpoints are little-endian and are read in place");
@@ -55,6 +56,8 @@ pub enum MatRef<'a> {
     F32(&'a [f32]),
     /// Row-major int8 with one f32 scale per group.
     Q8(Q8Ref<'a>),
+    /// Row-major 4-bit values, two per byte, with one f32 scale per group.
+    Q4(Q4Ref<'a>),
 }
 
 impl MatRef<'_> {
@@ -67,6 +70,7 @@ impl MatRef<'_> {
         match self {
             MatRef::F32(w) => out.copy_from_slice(&w[r * n..(r + 1) * n]),
             MatRef::Q8(w) => w.dequantize_into(r * n..(r + 1) * n, out),
+            MatRef::Q4(w) => w.dequantize_into(r * n..(r + 1) * n, out),
         }
     }
 }
@@ -236,6 +240,14 @@ impl Model {
         }
     }
 
+    fn quantized_q4(&self, span: QuantSpan) -> Q4Ref<'_> {
+        Q4Ref {
+            q: &self.bytes()[span.offset..span.offset + span.value_bytes()],
+            scales: self.tensor(span.scales()),
+            group: span.group,
+        }
+    }
+
     /// Layer `layer` (of `layers`) of a matrix.
     fn matrix(&self, m: &MatrixSpan, layer: usize, layers: usize) -> MatRef<'_> {
         match m {
@@ -245,11 +257,12 @@ impl Model {
                 MatRef::F32(&all[layer * n..(layer + 1) * n])
             }
             MatrixSpan::Q8(spans) => MatRef::Q8(self.quantized(spans[layer])),
+            MatrixSpan::Q4(spans) => MatRef::Q4(self.quantized_q4(spans[layer])),
         }
     }
 
     /// An f32 tensor by its layout name (`rms_att`, `wq`, ...): the whole tensor, or one
-    /// layer's part of it. `None` when it is absent or not f32 (a Q8_0 matrix).
+    /// layer's part of it. `None` when it is absent or not f32 (a Q8_0 or Q4_0 matrix).
     pub fn f32_tensor(&self, name: &str, layer: Option<usize>) -> Option<&[f32]> {
         let l = &self.layout;
         let layers = l.config.n_layers;
@@ -272,7 +285,7 @@ impl Model {
                 Some(self.tensor(*span))
             }
             MatrixSpan::F32(span) => Some(per_layer(*span)),
-            MatrixSpan::Q8(_) => None,
+            MatrixSpan::Q8(_) | MatrixSpan::Q4(_) => None,
         }
     }
 

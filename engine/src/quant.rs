@@ -16,6 +16,12 @@
 //! it has to divide every row length (`dim` and `hidden_dim`). We keep the v2 format exactly
 //! (no ragged last groups: llama2.c's reader could not follow them) and pick a group that
 //! divides every row instead.
+//!
+//! Q4_0 (baremetal's v3 format, docs/FORMATS.md): 4-bit weights `q` in [-8, 7] stored as
+//! `q + 8`, two per byte (element `2i` in the low nibble), with `scale = max|group| / 7` and
+//! `q = round_ties_even(w / scale)` clamped to [-8, 7] ([`quantize_q4_weights`]). The
+//! activations a Q4_0 matrix multiplies are quantised to int8 exactly as for Q8_0, with the
+//! Q4 group size.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -69,6 +75,108 @@ impl<'a> Q8Ref<'a> {
             for (o, &v) in o.iter_mut().zip(chunk) {
                 *o = v as f32 * s;
             }
+        }
+    }
+}
+
+/// The largest magnitude a Q4_0 scale maps to (`scale = max|w| / 7`): symmetric, so +7
+/// and -7 are both reachable and -8 only by clamping (it never occurs for finite inputs).
+pub const Q4_MAX: f32 = 7.0;
+
+/// A Q4_0 matrix (`2 * q.len() / cols` rows): packed nibbles (`q + 8`, element `2i` in the
+/// low nibble of byte `i`) and one f32 scale per `group` values.
+#[derive(Debug, Clone, Copy)]
+pub struct Q4Ref<'a> {
+    /// The packed values, row-major, two per byte.
+    pub q: &'a [u8],
+    /// One scale per `group` consecutive values.
+    pub scales: &'a [f32],
+    /// Values per scale (even).
+    pub group: usize,
+}
+
+/// The signed 4-bit value of element `i` of packed nibbles `q`.
+#[inline]
+pub fn q4_value(q: &[u8], i: usize) -> i8 {
+    let b = q[i / 2];
+    let n = if i.is_multiple_of(2) {
+        b & 0x0F
+    } else {
+        b >> 4
+    };
+    n as i8 - 8
+}
+
+impl<'a> Q4Ref<'a> {
+    /// Rows `rows` of a matrix whose rows have `cols` values (`cols` a multiple of `group`,
+    /// hence even).
+    #[inline]
+    pub fn rows(&self, rows: Range<usize>, cols: usize) -> Q4Ref<'a> {
+        let per_row = cols / self.group;
+        Q4Ref {
+            q: &self.q[rows.start * cols / 2..rows.end * cols / 2],
+            scales: &self.scales[rows.start * per_row..rows.end * per_row],
+            group: self.group,
+        }
+    }
+
+    /// Writes `q * scale` for values `range` into `out`. `range` must start on a group
+    /// boundary (so on a byte boundary: groups are even).
+    #[inline]
+    pub fn dequantize_into(&self, range: Range<usize>, out: &mut [f32]) {
+        debug_assert_eq!(range.start % self.group, 0);
+        let g0 = range.start / self.group;
+        let bytes = &self.q[range.start / 2..range.end / 2];
+        for ((o, chunk), &s) in out
+            .chunks_mut(self.group)
+            .zip(bytes.chunks(self.group / 2))
+            .zip(&self.scales[g0..])
+        {
+            for (o, &b) in o.chunks_exact_mut(2).zip(chunk) {
+                o[0] = ((b & 0x0F) as i8 - 8) as f32 * s;
+                o[1] = ((b >> 4) as i8 - 8) as f32 * s;
+            }
+        }
+    }
+}
+
+/// Q4_0 weight quantisation: per group `scale = max|w| / 7`, `q = round_ties_even(w / scale)`
+/// clamped to [-8, 7] (scale 0 → q 0), packed as `q + 8` two per byte into `q`
+/// (`x.len() / 2` bytes). `x.len()` must be a multiple of `group`, `group` even.
+pub fn quantize_q4_weights(x: &[f32], group: usize, q: &mut [u8], scales: &mut [f32]) {
+    assert!(
+        group > 0 && group.is_multiple_of(2) && x.len().is_multiple_of(group),
+        "quantize_q4: length {} is not a multiple of the even group {group}",
+        x.len()
+    );
+    assert!(
+        q.len() == x.len() / 2 && scales.len() == x.len() / group,
+        "quantize_q4: output lengths"
+    );
+    for ((x, q), s) in x
+        .chunks_exact(group)
+        .zip(q.chunks_exact_mut(group / 2))
+        .zip(scales.iter_mut())
+    {
+        let wmax = x.iter().fold(0.0f32, |m, v| {
+            let a = v.abs();
+            if a > m || a.is_nan() {
+                a
+            } else {
+                m
+            }
+        });
+        let scale = wmax / Q4_MAX;
+        *s = scale;
+        let nibble = |v: f32| -> u8 {
+            if scale == 0.0 {
+                8
+            } else {
+                ((v / scale).round_ties_even().clamp(-8.0, 7.0) as i8 + 8) as u8
+            }
+        };
+        for (b, pair) in q.iter_mut().zip(x.chunks_exact(2)) {
+            *b = nibble(pair[0]) | (nibble(pair[1]) << 4);
         }
     }
 }
@@ -219,8 +327,22 @@ pub enum QuantizeError {
     /// The requested group size is unusable.
     #[error("--group {0} is not usable: the group size must be a multiple of 4 (int8 kernels work on 4-byte lanes, and it keeps the f32 scales 4-byte aligned)")]
     BadGroup(usize),
+    /// The requested Q4_0 group size is unusable.
+    #[error("--group {0} is not usable for q4_0: the group size must be even and at least 2 (two 4-bit values per byte)")]
+    BadQ4Group(usize),
+    /// No Q4_0 group size of at least 2 divides every row (and keeps the scales aligned).
+    #[error(
+        "no group size of 2 or more divides every row length (dim {dim}, hidden_dim {hidden}) \
+         and keeps the f32 scales 4-byte aligned; this model cannot be quantised to Q4_0"
+    )]
+    NoQ4Group {
+        /// Model width.
+        dim: usize,
+        /// FFN width.
+        hidden: usize,
+    },
     /// The input is already quantised.
-    #[error("{0} is already a Q8_0 (v2) checkpoint; quantize reads f32 (v0 or v1) checkpoints")]
+    #[error("{0} is already a quantised (v2 Q8_0 or v3 Q4_0) checkpoint; quantize reads f32 (v0 or v1) checkpoints")]
     AlreadyQuantized(String),
     /// A weight is NaN or infinite.
     #[error(
@@ -266,6 +388,47 @@ pub fn choose_group(cfg: &ModelConfig, requested: usize) -> Result<(usize, bool)
     })
 }
 
+/// The Q4_0 group size `quantize --format q4_0` uses: `requested` when it divides both
+/// `dim` and `hidden_dim` (and the file's scales land 4-byte aligned), else the largest power
+/// of two below it that does (returned with `true`). Refused when `requested` is odd or 0.
+pub fn choose_q4_group(
+    cfg: &ModelConfig,
+    requested: usize,
+) -> Result<(usize, bool), QuantizeError> {
+    if requested < 2 || !requested.is_multiple_of(2) {
+        return Err(QuantizeError::BadQ4Group(requested));
+    }
+    let fits = |g: usize| {
+        let c = ModelConfig {
+            weight_format: WeightFormat::Q4_0 { group_size: g },
+            ..cfg.clone()
+        };
+        c.validate().is_ok() && q4_scales_aligned(&c)
+    };
+    if fits(requested) {
+        return Ok((requested, false));
+    }
+    let mut g = 1usize << (usize::BITS - 1 - requested.leading_zeros());
+    while g >= 2 {
+        if fits(g) {
+            return Ok((g, true));
+        }
+        g /= 2;
+    }
+    Err(QuantizeError::NoQ4Group {
+        dim: cfg.dim,
+        hidden: cfg.hidden_dim,
+    })
+}
+
+/// True when every Q4_0 matrix's scales start 4-byte aligned (the loader reads them in place).
+fn q4_scales_aligned(cfg: &ModelConfig) -> bool {
+    CheckpointLayout::for_config(cfg, CheckpointFormat::V3)
+        .quantized()
+        .iter()
+        .all(|(_, _, s)| s.scales().offset.is_multiple_of(4))
+}
+
 /// Largest `|w - q * scale|` seen while quantising, per tensor (as export.py reports it).
 #[derive(Debug, Clone, Default)]
 pub struct QuantizeReport {
@@ -280,17 +443,47 @@ pub fn write_q8_checkpoint(
     group: usize,
     path: &Path,
 ) -> Result<QuantizeReport, QuantizeError> {
-    if model.format() == CheckpointFormat::V2 {
+    write_quantized(model, WeightFormat::Q8_0 { group_size: group }, path)
+}
+
+/// Writes `model` (f32, v0 or v1) as a baremetal v3 (Q4_0) checkpoint with `group` to `path`.
+/// `group` must be even and divide `dim` and `hidden_dim` (see [`choose_q4_group`]).
+pub fn write_q4_checkpoint(
+    model: &Model,
+    group: usize,
+    path: &Path,
+) -> Result<QuantizeReport, QuantizeError> {
+    write_quantized(model, WeightFormat::Q4_0 { group_size: group }, path)
+}
+
+/// The shared writer: header, f32 norms, then each matrix's values and scales in file order.
+fn write_quantized(
+    model: &Model,
+    weight_format: WeightFormat,
+    path: &Path,
+) -> Result<QuantizeReport, QuantizeError> {
+    if matches!(model.format(), CheckpointFormat::V2 | CheckpointFormat::V3) {
         return Err(QuantizeError::AlreadyQuantized(
             model.path().display().to_string(),
         ));
     }
+    let (group, format, q4) = match weight_format {
+        WeightFormat::Q4_0 { group_size } => (group_size, CheckpointFormat::V3, true),
+        WeightFormat::Q8_0 { group_size } => (group_size, CheckpointFormat::V2, false),
+        WeightFormat::F32 => unreachable!("write_quantized is only called with a quantised format"),
+    };
     let cfg = ModelConfig {
-        weight_format: WeightFormat::Q8_0 { group_size: group },
+        weight_format,
         ..model.config().clone()
     };
-    cfg.validate().map_err(|_| QuantizeError::BadGroup(group))?;
-    let layout = CheckpointLayout::for_config(&cfg, CheckpointFormat::V2);
+    cfg.validate().map_err(|_| {
+        if q4 {
+            QuantizeError::BadQ4Group(group)
+        } else {
+            QuantizeError::BadGroup(group)
+        }
+    })?;
+    let layout = CheckpointLayout::for_config(&cfg, format);
     let io = |source| QuantizeError::Io {
         path: path.display().to_string(),
         source,
@@ -305,7 +498,7 @@ pub fn write_q8_checkpoint(
         at += src.len() * 4;
     }
     let mut report = QuantizeReport::default();
-    let (mut q, mut s) = (Vec::new(), Vec::new());
+    let (mut q, mut s, mut packed) = (Vec::new(), Vec::new(), Vec::new());
     for (name, layer, span) in layout.quantized() {
         debug_assert_eq!(span.offset, at);
         let src = model
@@ -319,7 +512,16 @@ pub fn write_q8_checkpoint(
         }
         q.resize(src.len(), 0i8);
         s.resize(src.len() / group, 0f32);
-        quantize_weights(src, group, &mut q, &mut s);
+        if q4 {
+            packed.resize(src.len() / 2, 0u8);
+            quantize_q4_weights(src, group, &mut packed, &mut s);
+            // The error report reads the values back from the packed bytes.
+            for (i, v) in q.iter_mut().enumerate() {
+                *v = q4_value(&packed, i);
+            }
+        } else {
+            quantize_weights(src, group, &mut q, &mut s);
+        }
         let err = src
             .chunks_exact(group)
             .zip(q.chunks_exact(group).zip(&s))
@@ -333,9 +535,13 @@ pub fn write_q8_checkpoint(
             Some((n, e)) if *n == name => *e = e.max(err),
             _ => report.max_error.push((name, err)),
         }
-        // SAFETY: i8 and u8 have the same size and every bit pattern is valid for both.
-        let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len()) };
-        out.write_all(bytes).map_err(io)?;
+        if q4 {
+            out.write_all(&packed).map_err(io)?;
+        } else {
+            // SAFETY: i8 and u8 have the same size and every bit pattern is valid for both.
+            let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len()) };
+            out.write_all(bytes).map_err(io)?;
+        }
         write_f32(&mut out, &s).map_err(io)?;
         at = span.end();
     }
@@ -430,6 +636,79 @@ mod tests {
                 dim: 36,
                 hidden: 98
             })
+        ));
+    }
+
+    #[test]
+    fn q4_pack_unpack_and_round_trip_error_bound() {
+        let mut rng = crate::rng::Rng::new(0x4b17);
+        for group in [2, 4, 32, 96] {
+            let n = group * 7;
+            let mut x = rng.vec(n);
+            // Varied magnitudes per group; exact ties at ±0.5·scale in the first group.
+            for (i, g) in x.chunks_mut(group).enumerate() {
+                let m = [1.0, 1e-3, 40.0, 0.25][i % 4];
+                g.iter_mut().for_each(|v| *v *= m);
+            }
+            let (mut q, mut s) = (vec![0u8; n / 2], vec![0f32; n / group]);
+            quantize_q4_weights(&x, group, &mut q, &mut s);
+            let mut deq = vec![0f32; n];
+            Q4Ref {
+                q: &q,
+                scales: &s,
+                group,
+            }
+            .dequantize_into(0..n, &mut deq);
+            for i in 0..n {
+                let g = i / group;
+                let amax = x[g * group..(g + 1) * group]
+                    .iter()
+                    .fold(0.0f32, |m, v| m.max(v.abs()));
+                assert_eq!(s[g], amax / 7.0);
+                let v = q4_value(&q, i);
+                assert!((-8..=7).contains(&v));
+                // The nibble layout: element 2i low, 2i+1 high, stored as q + 8.
+                let nib = if i.is_multiple_of(2) {
+                    q[i / 2] & 15
+                } else {
+                    q[i / 2] >> 4
+                };
+                assert_eq!(nib as i8 - 8, v);
+                assert_eq!(deq[i], v as f32 * s[g]);
+                let err = (x[i] as f64 - deq[i] as f64).abs();
+                assert!(
+                    err <= s[g] as f64 / 2.0 * (1.0 + 1e-6),
+                    "{i}: {err} vs {}",
+                    s[g]
+                );
+            }
+        }
+        // Ties go to even; scale 0 gives q 0 (nibble 8).
+        let x = [7.0, 2.5, -2.5, 3.5, -0.5, 0.5, -7.0, 1.5];
+        let (mut q, mut s) = ([0u8; 4], [0f32; 1]);
+        quantize_q4_weights(&x, 8, &mut q, &mut s);
+        assert_eq!(s[0], 1.0);
+        let vals: Vec<i8> = (0..8).map(|i| q4_value(&q, i)).collect();
+        assert_eq!(vals, [7, 2, -2, 4, 0, 0, -7, 2]);
+        quantize_q4_weights(&[0.0; 8], 8, &mut q, &mut s);
+        assert_eq!((q, s[0]), ([0x88; 4], 0.0));
+    }
+
+    #[test]
+    fn q4_group_choice() {
+        let s260k = preset("stories260k").unwrap();
+        assert_eq!(choose_q4_group(&s260k, 32).unwrap(), (4, true));
+        let s15m = preset("stories15m").unwrap();
+        assert_eq!(choose_q4_group(&s15m, 32).unwrap(), (32, false));
+        let s110m = preset("stories110m").unwrap();
+        assert_eq!(choose_q4_group(&s110m, 32).unwrap(), (32, false));
+        assert!(matches!(
+            choose_q4_group(&s110m, 3),
+            Err(QuantizeError::BadQ4Group(3))
+        ));
+        assert!(matches!(
+            choose_q4_group(&s110m, 0),
+            Err(QuantizeError::BadQ4Group(0))
         ));
     }
 

@@ -15,17 +15,17 @@ use crate::rng::Rng;
 /// weights are near 1; embeddings are uniform in ±1. Logits then vary across the vocabulary
 /// and stay finite. RoPE tables in v0 files are written as llama2.c's exporter does.
 ///
-/// Only f32 formats (v0, v1) are written; quantise the result for v2 (`crate::quant`).
+/// Only f32 formats (v0, v1) are written; quantise the result for v2/v3 (`crate::quant`).
 pub fn write_checkpoint(
     cfg: &ModelConfig,
     format: CheckpointFormat,
     seed: u64,
     path: &Path,
 ) -> std::io::Result<()> {
-    if format == CheckpointFormat::V2 {
+    if matches!(format, CheckpointFormat::V2 | CheckpointFormat::V3) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "synth writes f32 checkpoints (v0, v1); quantise one with `baremetal quantize` for v2",
+            "synth writes f32 checkpoints (v0, v1); quantise one with `baremetal quantize` for v2/v3",
         ));
     }
     let layout = CheckpointLayout::for_config(cfg, format);

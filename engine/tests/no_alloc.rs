@@ -1,13 +1,15 @@
-//! A decode step performs zero heap allocations, on every backend, for f32 and Q8_0 weights.
+//! A decode step performs zero heap allocations, on every backend, for f32, Q8_0 and Q4_0
+//! weights.
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use engine::kernels::q4::Q4Kernels;
 use engine::kernels::q8::{Q8Isa, Q8Kernels};
 use engine::kernels::Isa;
-use engine::quant::{choose_group, write_q8_checkpoint};
+use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
 use engine::sampler::{Sampler, SamplerConfig};
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat};
@@ -90,6 +92,17 @@ fn decode_steps_do_not_allocate() {
         write_q8_checkpoint(&odd_model, group, &p).unwrap();
         odd_q8.push(Model::open(&p, Realign::Never).unwrap());
     }
+    // Q4_0 versions: the compiled shape with quantize's group, the odd shape with group 20
+    // (the per-group loops) and group 4 (the packed loops).
+    let q4_path = dir.join("q4.bin");
+    write_q4_checkpoint(&model, choose_q4_group(&compiled, 32).unwrap().0, &q4_path).unwrap();
+    let q4_model = Model::open(&q4_path, Realign::Never).unwrap();
+    let mut odd_q4 = Vec::new();
+    for group in [20, 4] {
+        let p = dir.join(format!("odd_q4_{group}.bin"));
+        write_q4_checkpoint(&odd_model, group, &p).unwrap();
+        odd_q4.push(Model::open(&p, Realign::Never).unwrap());
+    }
     let mut runs: Vec<(&Model, Backend)> = Vec::new();
     for &isa in Isa::all() {
         if let Some(b) = Backend::specialised(model.config(), &path, Some(isa)).unwrap() {
@@ -98,6 +111,9 @@ fn decode_steps_do_not_allocate() {
         if let Some(b) = Backend::specialised(q8_model.config(), &q8_path, Some(isa)).unwrap() {
             runs.push((&q8_model, b));
         }
+        if let Some(b) = Backend::specialised(q4_model.config(), &q4_path, Some(isa)).unwrap() {
+            runs.push((&q4_model, b));
+        }
         if let Some(b) = Backend::generic(Some(isa)) {
             runs.push((&odd_model, b));
         }
@@ -105,6 +121,11 @@ fn decode_steps_do_not_allocate() {
     for k in Q8Isa::all().iter().filter_map(|&i| Q8Kernels::for_isa(i)) {
         for m in &odd_q8 {
             runs.push((m, Backend::generic(None).unwrap().with_q8(k)));
+        }
+    }
+    for k in Q8Isa::all().iter().filter_map(|&i| Q4Kernels::for_isa(i)) {
+        for m in &odd_q4 {
+            runs.push((m, Backend::generic(None).unwrap().with_q4(k)));
         }
     }
     assert!(runs.len() >= 4);

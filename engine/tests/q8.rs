@@ -811,8 +811,8 @@ fn quantize_command_reports_its_group_choice_and_refuses_bad_input() {
             vec!["--group 6", "multiple of 4"],
         ),
         (
-            vec!["quantize", s, "y.bin", "--format", "q4_0"],
-            vec!["q4_0"],
+            vec!["quantize", s, "y.bin", "--format", "q2_k"],
+            vec!["q2_k"],
         ),
         (
             vec!["quantize", s, s, "--format", "q8_0"],

@@ -9,6 +9,9 @@
 //!   for each quantised matrix — token_embedding, wq (each layer), wk, wv, wo, w1, w2, w3 (each
 //!   layer), wcls if not shared — its int8 values immediately followed by its f32 scales
 //!   (one per group of `group_size` consecutive values).
+//! * v3 (Q4_0, baremetal's own, see docs/FORMATS.md): the v2 header with version 3, the same
+//!   order, but each matrix's values are 4-bit (`q + 8`, two per byte, element `2i` in the low
+//!   nibble), `len / 2` bytes, immediately followed by its f32 scales.
 
 use std::fmt;
 
@@ -36,6 +39,8 @@ pub enum CheckpointFormat {
     V1,
     /// llama2.c `version2_export` (256-byte header, Q8_0 matrices, f32 norms).
     V2,
+    /// baremetal's Q4_0 (v2's header and order with version 3, 4-bit matrices, f32 norms).
+    V3,
 }
 
 impl fmt::Display for CheckpointFormat {
@@ -44,6 +49,7 @@ impl fmt::Display for CheckpointFormat {
             CheckpointFormat::V0 => "llama2.c v0 (legacy, f32)",
             CheckpointFormat::V1 => "llama2.c v1 (f32)",
             CheckpointFormat::V2 => "llama2.c v2 (Q8_0)",
+            CheckpointFormat::V3 => "baremetal v3 (Q4_0)",
         })
     }
 }
@@ -64,23 +70,30 @@ impl TensorSpan {
     }
 }
 
-/// Where one Q8_0 matrix (one layer of a per-layer tensor) lies: `len` int8 values from
-/// `offset`, immediately followed by `len / group` f32 scales.
+/// Where one Q8_0 or Q4_0 matrix (one layer of a per-layer tensor) lies: `len` values of
+/// `bits` bits from `offset`, immediately followed by `len / group` f32 scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuantSpan {
-    /// Byte offset of the first int8 value.
+    /// Byte offset of the first value.
     pub offset: usize,
-    /// Number of weights (int8 values).
+    /// Number of weights.
     pub len: usize,
     /// Weights per scale.
     pub group: usize,
+    /// Bits per weight: 8 (Q8_0, one int8 per byte) or 4 (Q4_0, two per byte).
+    pub bits: usize,
 }
 
 impl QuantSpan {
-    /// The f32 scales, right after the int8 values.
+    /// Bytes the values occupy (`len` for Q8_0, `len / 2` for Q4_0).
+    pub fn value_bytes(&self) -> usize {
+        self.len * self.bits / 8
+    }
+
+    /// The f32 scales, right after the values.
     pub fn scales(&self) -> TensorSpan {
         TensorSpan {
-            offset: self.offset + self.len,
+            offset: self.offset + self.value_bytes(),
             len: self.len / self.group,
         }
     }
@@ -91,22 +104,25 @@ impl QuantSpan {
     }
 }
 
-/// Where a weight matrix lies: f32 (every layer in one span) or Q8_0 (one span per layer;
-/// exactly one for the token embedding and the classifier).
+/// Where a weight matrix lies: f32 (every layer in one span) or Q8_0/Q4_0 (one span per
+/// layer; exactly one for the token embedding and the classifier).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MatrixSpan {
     /// f32 values, all layers back to back.
     F32(TensorSpan),
     /// int8 values and scales, per layer.
     Q8(Vec<QuantSpan>),
+    /// Packed 4-bit values and scales, per layer.
+    Q4(Vec<QuantSpan>),
 }
 
 impl MatrixSpan {
-    /// Byte offsets where weight values start (one for f32; each layer's int8 values for Q8_0).
+    /// Byte offsets where weight values start (one for f32; each layer's values for
+    /// Q8_0/Q4_0).
     pub fn value_offsets(&self) -> Vec<usize> {
         match self {
             MatrixSpan::F32(s) => vec![s.offset],
-            MatrixSpan::Q8(v) => v.iter().map(|q| q.offset).collect(),
+            MatrixSpan::Q8(v) | MatrixSpan::Q4(v) => v.iter().map(|q| q.offset).collect(),
         }
     }
 }
@@ -170,7 +186,7 @@ pub enum HeaderError {
         value: i32,
     },
     /// A versioned header with a version this build does not read.
-    #[error("checkpoint version {0} is not supported (this build reads v0 and v1 f32 files and v2 Q8_0 files)")]
+    #[error("checkpoint version {0} is not supported (this build reads v0 and v1 f32 files, v2 Q8_0 files and v3 Q4_0 files)")]
     UnsupportedVersion(i32),
     /// The shape breaks a model rule.
     #[error("header describes an impossible model: {0}")]
@@ -220,21 +236,27 @@ impl Cursor {
         span
     }
 
-    fn take_q8(&mut self, len: usize, group: usize) -> QuantSpan {
+    fn take_quant(&mut self, len: usize, group: usize, bits: usize) -> QuantSpan {
         let span = QuantSpan {
             offset: self.0,
             len,
             group,
+            bits,
         };
         self.0 = span.end();
         span
     }
 
-    /// An f32 matrix of `layers × len` values, or `layers` Q8_0 spans of `len` values.
-    fn matrix(&mut self, layers: usize, len: usize, group: Option<usize>) -> MatrixSpan {
-        match group {
+    /// An f32 matrix of `layers × len` values, or `layers` Q8_0/Q4_0 spans of `len` values.
+    fn matrix(&mut self, layers: usize, len: usize, quant: Option<(usize, usize)>) -> MatrixSpan {
+        match quant {
             None => MatrixSpan::F32(self.take(layers * len)),
-            Some(g) => MatrixSpan::Q8((0..layers).map(|_| self.take_q8(len, g)).collect()),
+            Some((g, 8)) => {
+                MatrixSpan::Q8((0..layers).map(|_| self.take_quant(len, g, 8)).collect())
+            }
+            Some((g, bits)) => {
+                MatrixSpan::Q4((0..layers).map(|_| self.take_quant(len, g, bits)).collect())
+            }
         }
     }
 }
@@ -261,6 +283,7 @@ impl CheckpointLayout {
             let format = match read_i32(bytes, 1) {
                 1 => CheckpointFormat::V1,
                 2 => CheckpointFormat::V2,
+                3 => CheckpointFormat::V3,
                 version => return Err(HeaderError::UnsupportedVersion(version)),
             };
             (format, 2, Some(bytes[SHARED_FLAG_AT] != 0))
@@ -298,7 +321,7 @@ impl CheckpointLayout {
             }
             vals[i] = raw[i] as usize;
         }
-        let weight_format = if format == CheckpointFormat::V2 {
+        let weight_format = if matches!(format, CheckpointFormat::V2 | CheckpointFormat::V3) {
             let group =
                 i32::from_le_bytes(bytes[GROUP_SIZE_AT..GROUP_SIZE_AT + 4].try_into().unwrap());
             if group <= 0 {
@@ -307,8 +330,11 @@ impl CheckpointLayout {
                     value: group,
                 });
             }
-            WeightFormat::Q8_0 {
-                group_size: group as usize,
+            let group_size = group as usize;
+            if format == CheckpointFormat::V2 {
+                WeightFormat::Q8_0 { group_size }
+            } else {
+                WeightFormat::Q4_0 { group_size }
             }
         } else {
             WeightFormat::F32
@@ -327,7 +353,8 @@ impl CheckpointLayout {
             norm_eps: 1e-5,
             weight_format,
         };
-        // For v2 this also refuses a group size that does not divide every row length.
+        // For v2/v3 this also refuses a group size that does not divide every row length
+        // (and, for v3, an odd one).
         config.validate()?;
         let layout = Self::for_config(&config, format);
         if layout.file_bytes != file_len {
@@ -364,7 +391,7 @@ impl CheckpointLayout {
     /// whatever `config.weight_format` says (the layout's config says f32).
     ///
     /// # Panics
-    /// For v2 with an f32 `config`: the group size would be unknown.
+    /// For v2/v3 with an f32 `config`: the group size would be unknown.
     pub fn for_config(config: &ModelConfig, format: CheckpointFormat) -> Self {
         let (d, h, l, v) = (
             config.dim,
@@ -379,16 +406,24 @@ impl CheckpointLayout {
                 config.weight_format = WeightFormat::F32;
                 None
             }
-            CheckpointFormat::V2 => Some(
-                config
+            CheckpointFormat::V2 | CheckpointFormat::V3 => {
+                let group_size = config
                     .weight_format
                     .group_size()
-                    .expect("a v2 layout needs a Q8_0 config (the group size)"),
-            ),
+                    .expect("a v2/v3 layout needs a quantised config (the group size)");
+                // The file's version decides the value width, whatever the config said.
+                let (weight_format, bits) = if format == CheckpointFormat::V2 {
+                    (WeightFormat::Q8_0 { group_size }, 8)
+                } else {
+                    (WeightFormat::Q4_0 { group_size }, 4)
+                };
+                config.weight_format = weight_format;
+                Some((group_size, bits))
+            }
         };
         let header_bytes = match format {
             CheckpointFormat::V0 => V0_HEADER_BYTES,
-            CheckpointFormat::V1 | CheckpointFormat::V2 => V1_HEADER_BYTES,
+            CheckpointFormat::V1 | CheckpointFormat::V2 | CheckpointFormat::V3 => V1_HEADER_BYTES,
         };
         let mut c = Cursor(header_bytes);
         let layout = match format {
@@ -427,7 +462,7 @@ impl CheckpointLayout {
                     freq_cis,
                 }
             }
-            CheckpointFormat::V1 | CheckpointFormat::V2 => {
+            CheckpointFormat::V1 | CheckpointFormat::V2 | CheckpointFormat::V3 => {
                 let rms_att = c.take(l * d);
                 let rms_ffn = c.take(l * d);
                 let rms_final = c.take(d);
@@ -489,11 +524,11 @@ impl CheckpointLayout {
                     .iter()
                     .for_each(|f| out.extend_from_slice(&f.to_le_bytes()));
             }
-            CheckpointFormat::V1 | CheckpointFormat::V2 => {
-                let version: i32 = if self.format == CheckpointFormat::V1 {
-                    1
-                } else {
-                    2
+            CheckpointFormat::V1 | CheckpointFormat::V2 | CheckpointFormat::V3 => {
+                let version: i32 = match self.format {
+                    CheckpointFormat::V1 => 1,
+                    CheckpointFormat::V2 => 2,
+                    _ => 3,
                 };
                 out.extend_from_slice(&MAGIC.to_le_bytes());
                 out.extend_from_slice(&version.to_le_bytes());
@@ -529,7 +564,7 @@ impl CheckpointLayout {
     }
 
     /// Every f32 tensor with its name, in file order: all tensors of a v0/v1 file, the norms
-    /// of a v2 file (its matrices are in [`CheckpointLayout::quantized`]).
+    /// of a v2/v3 file (its matrices are in [`CheckpointLayout::quantized`]).
     pub fn tensors(&self) -> Vec<(&'static str, TensorSpan)> {
         let mut v = vec![
             ("rms_att", self.rms_att),
@@ -549,11 +584,11 @@ impl CheckpointLayout {
         v
     }
 
-    /// Every Q8_0 matrix as `(name, layer, span)`, in file order (empty for v0/v1).
+    /// Every Q8_0 or Q4_0 matrix as `(name, layer, span)`, in file order (empty for v0/v1).
     pub fn quantized(&self) -> Vec<(&'static str, usize, QuantSpan)> {
         let mut v = Vec::new();
         for (name, m) in self.matrices() {
-            if let MatrixSpan::Q8(spans) = m {
+            if let MatrixSpan::Q8(spans) | MatrixSpan::Q4(spans) = m {
                 v.extend(spans.iter().enumerate().map(|(l, s)| (name, l, *s)));
             }
         }
@@ -597,6 +632,13 @@ mod tests {
         }
     }
 
+    fn tiny_q4(group_size: usize) -> ModelConfig {
+        ModelConfig {
+            weight_format: WeightFormat::Q4_0 { group_size },
+            ..tiny()
+        }
+    }
+
     /// `(config, format)` pairs covering every format, shared and separate classifiers.
     fn all_layouts() -> Vec<CheckpointLayout> {
         let mut out = Vec::new();
@@ -605,6 +647,7 @@ mod tests {
                 (tiny(), CheckpointFormat::V0),
                 (tiny(), CheckpointFormat::V1),
                 (tiny_q8(4), CheckpointFormat::V2),
+                (tiny_q4(4), CheckpointFormat::V3),
             ] {
                 let cfg = ModelConfig {
                     shared_classifier: shared,
@@ -636,7 +679,11 @@ mod tests {
                 .map(|(n, s)| (n.to_string(), s.offset, s.end()))
                 .collect();
             for (n, l, q) in layout.quantized() {
-                pieces.push((format!("{n}[{l}] int8"), q.offset, q.offset + q.len));
+                pieces.push((
+                    format!("{n}[{l}] values"),
+                    q.offset,
+                    q.offset + q.value_bytes(),
+                ));
                 pieces.push((format!("{n}[{l}] scales"), q.scales().offset, q.end()));
             }
             pieces.sort_by_key(|p| p.1);
@@ -728,6 +775,69 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("multiple of 4"), "{err}");
+    }
+
+    #[test]
+    fn v3_header_sizes_and_refusals() {
+        let cfg = ModelConfig {
+            shared_classifier: false,
+            ..tiny_q4(4)
+        };
+        let layout = CheckpointLayout::for_config(&cfg, CheckpointFormat::V3);
+        let hdr = layout.header();
+        assert_eq!(&hdr[4..8], &3i32.to_le_bytes());
+        assert_eq!(&hdr[37..41], &4i32.to_le_bytes());
+        assert!(hdr[41..].iter().all(|&b| b == 0));
+        assert_eq!(layout.format.to_string(), "baremetal v3 (Q4_0)");
+        let MatrixSpan::Q4(emb) = &layout.token_embedding else {
+            panic!("v3 embedding is Q4")
+        };
+        // Half a byte per weight, then one f32 per group of 4.
+        assert_eq!(emb[0].offset, 256 + (2 * 5 + 1) * 64 * 4);
+        assert_eq!(
+            emb[0].end() - emb[0].offset,
+            512 * 64 / 2 + 512 * 64 / 4 * 4
+        );
+        let norms = (2 * 5 + 1) * 64 * 4;
+        let per_layer = |n: usize| n / 2 + n / 4 * 4;
+        let (d, h, kv, v) = (64, 172, 32, 512);
+        let want = 256
+            + norms
+            + 2 * per_layer(v * d)
+            + 5 * (2 * per_layer(d * d) + 2 * per_layer(kv * d) + 3 * per_layer(h * d));
+        assert_eq!(layout.file_bytes, want);
+        let parsed = CheckpointLayout::parse(&hdr, layout.file_bytes, "x").unwrap();
+        assert_eq!(
+            parsed.config.weight_format,
+            WeightFormat::Q4_0 { group_size: 4 }
+        );
+        for (len, kind) in [
+            (layout.file_bytes - 1, "truncated"),
+            (layout.file_bytes + 4, "longer than expected"),
+        ] {
+            let msg = CheckpointLayout::parse(&hdr, len, "x")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(kind) && msg.contains("q4_0 (group 4)"),
+                "{msg}"
+            );
+        }
+        for (group, needle) in [
+            (
+                64i32,
+                "`w2` rows have 172 columns, not a multiple of the Q4_0 group size 64",
+            ),
+            (3, "odd"),
+            (0, "group_size"),
+        ] {
+            let mut bad = hdr.clone();
+            bad[37..41].copy_from_slice(&group.to_le_bytes());
+            let msg = CheckpointLayout::parse(&bad, layout.file_bytes, "x")
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(needle), "group {group}: {msg}");
+        }
     }
 
     #[test]

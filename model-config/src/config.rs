@@ -16,8 +16,9 @@ const MAX_SEQ: usize = 1 << 20;
 
 /// How the weights are stored.
 ///
-/// In TOML: `weight_format = "f32"`, or `weight_format = { q8_0 = { group_size = 64 } }`
-/// (the string `"q8_0"` is accepted as shorthand for llama2.c's default group of 64).
+/// In TOML: `weight_format = "f32"`, `weight_format = { q8_0 = { group_size = 64 } }` or
+/// `weight_format = { q4_0 = { group_size = 32 } }` (the strings `"q8_0"` and `"q4_0"` are
+/// accepted as shorthand for the default groups, 64 and 32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// 32-bit floats, as in llama2.c v0/v1 checkpoints.
@@ -29,25 +30,39 @@ pub enum WeightFormat {
         /// Weights per scale. Divides every row length (`dim` and `hidden_dim`).
         group_size: usize,
     },
+    /// baremetal Q4_0 (v3 checkpoints, our own format): every matrix (and the token embedding)
+    /// as 4-bit values, two per byte, with one f32 scale per `group_size` consecutive values
+    /// of a row; norms stay f32.
+    Q4_0 {
+        /// Weights per scale. Even (two values per byte) and divides every row length.
+        group_size: usize,
+    },
 }
 
 /// llama2.c's `export.py` default group size.
 pub const DEFAULT_Q8_GROUP: usize = 64;
 
+/// The default Q4_0 group size (as GGML's Q4_0 block): 4-bit values need finer scales.
+pub const DEFAULT_Q4_GROUP: usize = 32;
+
 impl WeightFormat {
-    /// The Q8_0 group size, or `None` for f32.
+    /// The Q8_0 or Q4_0 group size, or `None` for f32.
     pub fn group_size(self) -> Option<usize> {
         match self {
             WeightFormat::F32 => None,
-            WeightFormat::Q8_0 { group_size } => Some(group_size),
+            WeightFormat::Q8_0 { group_size } | WeightFormat::Q4_0 { group_size } => {
+                Some(group_size)
+            }
         }
     }
 
-    /// Bytes a matrix of `n` weights occupies (int8 values plus f32 scales for Q8_0).
+    /// Bytes a matrix of `n` weights occupies (int8 values or packed nibbles, plus f32
+    /// scales, for the quantised formats).
     pub fn matrix_bytes(self, n: usize) -> usize {
         match self {
             WeightFormat::F32 => 4 * n,
             WeightFormat::Q8_0 { group_size } => n + 4 * (n / group_size.max(1)),
+            WeightFormat::Q4_0 { group_size } => n / 2 + 4 * (n / group_size.max(1)),
         }
     }
 }
@@ -57,11 +72,12 @@ impl fmt::Display for WeightFormat {
         match self {
             WeightFormat::F32 => f.write_str("f32"),
             WeightFormat::Q8_0 { group_size } => write!(f, "q8_0 (group {group_size})"),
+            WeightFormat::Q4_0 { group_size } => write!(f, "q4_0 (group {group_size})"),
         }
     }
 }
 
-/// The parameters of `{ q8_0 = { ... } }`.
+/// The parameters of `{ q8_0 = { ... } }` and `{ q4_0 = { ... } }`.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Q8Params {
@@ -77,6 +93,11 @@ impl Serialize for WeightFormat {
                 m.serialize_entry("q8_0", &Q8Params { group_size })?;
                 m.end()
             }
+            WeightFormat::Q4_0 { group_size } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("q4_0", &Q8Params { group_size })?;
+                m.end()
+            }
         }
     }
 }
@@ -84,7 +105,7 @@ impl Serialize for WeightFormat {
 impl<'de> Deserialize<'de> for WeightFormat {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str = "\"f32\", \"q8_0\" or { q8_0 = { group_size = N } }";
+        const EXPECTED: &str = "\"f32\", \"q8_0\", \"q4_0\", { q8_0 = { group_size = N } } or { q4_0 = { group_size = N } }";
         impl<'de> Visitor<'de> for V {
             type Value = WeightFormat;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,6 +117,9 @@ impl<'de> Deserialize<'de> for WeightFormat {
                     "q8_0" => Ok(WeightFormat::Q8_0 {
                         group_size: DEFAULT_Q8_GROUP,
                     }),
+                    "q4_0" => Ok(WeightFormat::Q4_0 {
+                        group_size: DEFAULT_Q4_GROUP,
+                    }),
                     _ => Err(E::invalid_value(de::Unexpected::Str(v), &EXPECTED)),
                 }
             }
@@ -103,8 +127,8 @@ impl<'de> Deserialize<'de> for WeightFormat {
                 let Some(key) = map.next_key::<String>()? else {
                     return Err(de::Error::invalid_length(0, &EXPECTED));
                 };
-                if key != "q8_0" {
-                    return Err(de::Error::unknown_variant(&key, &["q8_0"]));
+                if key != "q8_0" && key != "q4_0" {
+                    return Err(de::Error::unknown_variant(&key, &["q8_0", "q4_0"]));
                 }
                 let p: Q8Params = map.next_value()?;
                 if let Some(extra) = map.next_key::<String>()? {
@@ -112,8 +136,14 @@ impl<'de> Deserialize<'de> for WeightFormat {
                         "unexpected second weight format `{extra}`"
                     )));
                 }
-                Ok(WeightFormat::Q8_0 {
-                    group_size: p.group_size,
+                Ok(if key == "q8_0" {
+                    WeightFormat::Q8_0 {
+                        group_size: p.group_size,
+                    }
+                } else {
+                    WeightFormat::Q4_0 {
+                        group_size: p.group_size,
+                    }
                 })
             }
         }
@@ -238,6 +268,22 @@ pub enum ConfigError {
         /// The group size.
         group: usize,
     },
+    /// A Q4_0 group would straddle two rows of a matrix.
+    #[error(
+        "`{tensor}` rows have {cols} columns, not a multiple of the Q4_0 group size {group}: \
+         a group would straddle two rows (quantise with a group size that divides both dim and hidden_dim)"
+    )]
+    Q4GroupStraddlesRows {
+        /// The tensor(s) whose rows have `cols` columns.
+        tensor: &'static str,
+        /// The row length.
+        cols: usize,
+        /// The group size.
+        group: usize,
+    },
+    /// Q4_0 packs two values per byte, so a group must hold an even number of them.
+    #[error("Q4_0 group size {0} is odd; it must be even (two 4-bit values per byte)")]
+    OddQ4Group(usize),
     /// The TOML text did not parse or had unknown/missing keys.
     #[error("{0}")]
     Toml(String),
@@ -336,6 +382,28 @@ impl ModelConfig {
                 n_kv_heads: self.n_kv_heads,
             });
         }
+        if let WeightFormat::Q4_0 { group_size: group } = self.weight_format {
+            if group == 0 {
+                return Err(ConfigError::Zero {
+                    field: "group_size",
+                });
+            }
+            if !group.is_multiple_of(2) {
+                return Err(ConfigError::OddQ4Group(group));
+            }
+            for (tensor, cols) in [
+                ("wq/wk/wv/wo/w1/w3/token_embedding", self.dim),
+                ("w2", self.hidden_dim),
+            ] {
+                if !cols.is_multiple_of(group) {
+                    return Err(ConfigError::Q4GroupStraddlesRows {
+                        tensor,
+                        cols,
+                        group,
+                    });
+                }
+            }
+        }
         if let WeightFormat::Q8_0 { group_size: group } = self.weight_format {
             if group == 0 {
                 return Err(ConfigError::Zero {
@@ -419,7 +487,8 @@ impl ModelConfig {
     }
 
     /// Bytes of weights one decode step reads in this config's weight format: every matrix
-    /// once (int8 values and their scales for Q8_0), the f32 norms, one embedding row.
+    /// once (int8 values or packed nibbles and their scales for Q8_0/Q4_0), the f32 norms,
+    /// one embedding row.
     /// Equals `4 * weight_floats_per_token()` for f32.
     pub fn weight_bytes_per_token(&self) -> usize {
         let (d, h, kv, l) = (self.dim, self.hidden_dim, self.kv_dim(), self.n_layers);
@@ -587,12 +656,50 @@ mod tests {
         for bad in [
             "weight_format = \"q4\"",
             "weight_format = { q8_0 = { group_size = 32, bits = 8 } }",
-            "weight_format = { q4_0 = { group_size = 32 } }",
+            "weight_format = { q4_0 = { group_size = 32, bits = 4 } }",
             "weight_format = { q8_0 = { } }",
         ] {
             let err = ModelConfig::from_toml_str(&format!("{base_text}\n{bad}\n")).unwrap_err();
             assert!(matches!(err, ConfigError::Toml(_)), "{bad}: {err}");
         }
+    }
+
+    fn q4(group_size: usize) -> ModelConfig {
+        ModelConfig {
+            weight_format: WeightFormat::Q4_0 { group_size },
+            ..base()
+        }
+    }
+
+    #[test]
+    fn q4_toml_round_trip_shorthand_and_group_rules() {
+        for g in [2, 4, 32, 96] {
+            let c = q4(g);
+            let text = c.to_toml();
+            assert_eq!(ModelConfig::from_toml_str(&text).unwrap(), c, "{text}");
+        }
+        let base_text = include_str!("../presets/stories15m.toml");
+        let short = ModelConfig::from_toml_str(&format!("{base_text}\nweight_format = \"q4_0\"\n"))
+            .unwrap();
+        assert_eq!(short, q4(32));
+        let inline = format!("{base_text}\nweight_format = {{ q4_0 = {{ group_size = 16 }} }}\n");
+        assert_eq!(ModelConfig::from_toml_str(&inline).unwrap(), q4(16));
+        assert_eq!(
+            q4(0).validate(),
+            Err(ConfigError::Zero {
+                field: "group_size"
+            })
+        );
+        // 3 divides 288 and 768 but cannot be packed two per byte.
+        assert_eq!(q4(3).validate(), Err(ConfigError::OddQ4Group(3)));
+        let err = q4(64).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("288 columns") && err.to_string().contains("Q4_0"),
+            "{err}"
+        );
+        assert_eq!(q4(32).weight_format.to_string(), "q4_0 (group 32)");
+        // Half a byte per weight plus a 4-byte scale per group.
+        assert_eq!(q4(32).weight_format.matrix_bytes(64), 32 + 8);
     }
 
     #[test]

@@ -11,5 +11,7 @@ mod presets;
 pub use checkpoint::{
     CheckpointFormat, CheckpointLayout, HeaderError, MatrixSpan, QuantSpan, TensorSpan,
 };
-pub use config::{ConfigError, GemvShape, ModelConfig, WeightFormat, DEFAULT_Q8_GROUP};
+pub use config::{
+    ConfigError, GemvShape, ModelConfig, WeightFormat, DEFAULT_Q4_GROUP, DEFAULT_Q8_GROUP,
+};
 pub use presets::{preset, preset_names, resolve, resolve_with_origin, PRESETS};

@@ -12,7 +12,7 @@ pub struct EvalArgs {
     /// The f32 reference checkpoint (llama2.c v0 or v1).
     #[arg(long)]
     model: PathBuf,
-    /// The quantised checkpoint to compare (llama2.c v2, same shape).
+    /// The quantised checkpoint to compare (llama2.c v2 Q8_0 or baremetal v3 Q4_0, same shape).
     #[arg(long)]
     quantized: PathBuf,
     /// Positions to compare: the reference's greedy continuation of BOS, clamped to the context.

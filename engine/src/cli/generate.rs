@@ -13,7 +13,7 @@ use engine::Session;
 /// Arguments of `generate`.
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// The checkpoint (llama2.c v0 or v1 f32, or v2 Q8_0).
+    /// The checkpoint (llama2.c v0 or v1 f32, v2 Q8_0, or baremetal v3 Q4_0).
     #[arg(long)]
     model: PathBuf,
     /// The llama2.c tokenizer.bin (needed for text; optional with --ids).

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use clap::Args;
 use engine::backend::{compiled_config, rebuild_command};
 use engine::{Model, Realign};
+use model_config::WeightFormat;
 
 /// Arguments of `inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// The checkpoint (llama2.c v0 or v1 f32, or v2 Q8_0).
+    /// The checkpoint (llama2.c v0 or v1 f32, v2 Q8_0, or baremetal v3 Q4_0).
     model: PathBuf,
 }
 
@@ -44,7 +45,18 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             model.weight_alignment()
         );
     }
-    if let Some(group) = cfg.weight_format.group_size() {
+    if let WeightFormat::Q4_0 { group_size: group } = cfg.weight_format {
+        println!(
+            "# weights: Q4_0, 4-bit (two per byte) with one f32 scale per {group} weights of a row (token embedding and every matrix; norms f32)"
+        );
+        println!(
+            "# quantized tensors: {} nibbles+scales spans ({} per-layer matrices × {} layers + embedding{})",
+            layout.quantized().len(),
+            7,
+            cfg.n_layers,
+            if cfg.shared_classifier { "" } else { " + classifier" }
+        );
+    } else if let Some(group) = cfg.weight_format.group_size() {
         println!(
             "# weights: Q8_0, int8 with one f32 scale per {group} weights of a row (token embedding and every matrix; norms f32)"
         );
@@ -62,8 +74,9 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     );
     if cfg.same_shape(&compiled) && cfg.weight_format.group_size().is_some() {
         println!(
-            "# this binary: compiled for this shape ({}); runs its norms on specialised kernels and its Q8_0 matrices on the runtime-shape int8 kernels",
-            compiled.name
+            "# this binary: compiled for this shape ({}); runs its norms on specialised kernels and its {} matrices on the runtime-shape quantised kernels",
+            compiled.name,
+            if matches!(cfg.weight_format, WeightFormat::Q4_0 { .. }) { "Q4_0" } else { "Q8_0" }
         );
     } else if cfg.same_shape(&compiled) {
         println!(

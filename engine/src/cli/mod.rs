@@ -34,7 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a checkpoint of a given shape with seeded random weights (not a real model).
     Synth(synth::SynthArgs),
-    /// Convert an f32 checkpoint (v0/v1) to llama2.c v2 Q8_0 (int8 weights, f32 group scales).
+    /// Convert an f32 checkpoint (v0/v1) to llama2.c v2 Q8_0 (int8 weights, f32 group scales)
+    /// or baremetal v3 Q4_0 (4-bit weights, f32 group scales).
     Quantize(quantize::QuantizeArgs),
     /// Compare a quantised checkpoint with its f32 original: greedy agreement and mean KL.
     Eval(eval::EvalArgs),

@@ -1,12 +1,13 @@
-//! `baremetal quantize`: an f32 checkpoint (llama2.c v0 or v1) to llama2.c v2 (Q8_0).
+//! `baremetal quantize`: an f32 checkpoint (llama2.c v0 or v1) to llama2.c v2 (Q8_0) or
+//! baremetal v3 (Q4_0).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use engine::quant::{choose_group, write_q8_checkpoint};
+use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
 use engine::{Model, Realign};
-use model_config::{CheckpointFormat, DEFAULT_Q8_GROUP};
+use model_config::{CheckpointFormat, DEFAULT_Q4_GROUP, DEFAULT_Q8_GROUP};
 
 /// Quantised formats `quantize` writes.
 #[derive(Clone, Copy, ValueEnum)]
@@ -14,6 +15,10 @@ pub enum QuantFormat {
     /// llama2.c v2: int8 weights with one f32 scale per group (norms stay f32).
     #[value(name = "q8_0")]
     Q8_0,
+    /// baremetal v3: 4-bit weights, two per byte, with one f32 scale per group (norms stay
+    /// f32; see docs/FORMATS.md).
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
 /// Arguments of `quantize`.
@@ -26,21 +31,22 @@ pub struct QuantizeArgs {
     /// The quantised format.
     #[arg(long, value_enum)]
     format: QuantFormat,
-    /// Weights per scale, a multiple of 4. Groups must not straddle rows: when this does not
-    /// divide both dim and hidden_dim, the largest power of two below it that does is used.
-    #[arg(long, default_value_t = DEFAULT_Q8_GROUP)]
-    group: usize,
+    /// Weights per scale: a multiple of 4 for q8_0 (default 64), even for q4_0 (default 32).
+    /// Groups must not straddle rows: when this does not divide both dim and hidden_dim, the
+    /// largest power of two below it that does is used.
+    #[arg(long)]
+    group: Option<usize>,
 }
 
 /// Runs `quantize`.
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
-    let QuantFormat::Q8_0 = a.format;
     super::existing(&a.input, "checkpoint")?;
     let model = Model::open(&a.input, Realign::Never)?;
-    if model.format() == CheckpointFormat::V2 {
+    if matches!(model.format(), CheckpointFormat::V2 | CheckpointFormat::V3) {
         anyhow::bail!(
-            "{} is already a Q8_0 (v2) checkpoint; quantize reads f32 (v0 or v1) checkpoints",
-            a.input.display()
+            "{} is already a quantised ({}) checkpoint; quantize reads f32 (v0 or v1) checkpoints",
+            a.input.display(),
+            model.format()
         );
     }
     if a.output.canonicalize().ok() == a.input.canonicalize().ok() {
@@ -50,13 +56,23 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         );
     }
     let cfg = model.config();
+    let (requested, chosen) = match a.format {
+        QuantFormat::Q8_0 => {
+            let g = a.group.unwrap_or(DEFAULT_Q8_GROUP);
+            (g, choose_group(cfg, g))
+        }
+        QuantFormat::Q4_0 => {
+            let g = a.group.unwrap_or(DEFAULT_Q4_GROUP);
+            (g, choose_q4_group(cfg, g))
+        }
+    };
     let (group, backed_off) =
-        choose_group(cfg, a.group).with_context(|| format!("quantizing {}", a.input.display()))?;
+        chosen.with_context(|| format!("quantizing {}", a.input.display()))?;
     if backed_off {
         eprintln!(
             "note: group size {} does not divide every row (dim {}, hidden_dim {}); using {group}, \
              the largest power of two below it that does ({:.1} extra bits of scale per weight)",
-            a.group,
+            requested,
             cfg.dim,
             cfg.hidden_dim,
             32.0 / group as f64
@@ -65,7 +81,10 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let mut tmp = a.output.clone().into_os_string();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
-    let report = write_q8_checkpoint(&model, group, &tmp)?;
+    let report = match a.format {
+        QuantFormat::Q8_0 => write_q8_checkpoint(&model, group, &tmp)?,
+        QuantFormat::Q4_0 => write_q4_checkpoint(&model, group, &tmp)?,
+    };
     std::fs::rename(&tmp, &a.output)
         .with_context(|| format!("renaming {} to {}", tmp.display(), a.output.display()))?;
     // Read it back through the loader: the header, the size and the group checks.
