@@ -226,22 +226,33 @@ impl Backend {
 
     /// `out = W · x`, `W` being `out.len()` rows of `x.len()` columns.
     pub fn gemv(&self, m: Matrix, out: &mut [f32], w: &[f32], x: &[f32]) {
-        let (rows, cols) = (out.len(), x.len());
-        let shares = self.pool.threads();
-        if shares == 1 || rows < MIN_PARALLEL_ROWS {
-            return self.gemv_rows(m, out, w, x);
-        }
+        let cols = x.len();
         assert_eq!(
             w.len(),
-            rows * cols,
+            out.len() * cols,
             "gemv: weight length is not rows × cols"
         );
+        self.for_row_blocks(out, &|r, out| {
+            self.gemv_rows(m, out, &w[r.start * cols..r.end * cols], x)
+        });
+    }
+
+    /// Splits `out`'s rows across the threads in contiguous blocks that start on [`ROW_TILE`]
+    /// boundaries and calls `f(rows, block)` for each, so every row is computed by the same
+    /// kernel code whatever the thread count. One call with all rows on one thread, or for a
+    /// matrix too small to be worth waking the others.
+    fn for_row_blocks(&self, out: &mut [f32], f: &(dyn Fn(Range<usize>, &mut [f32]) + Sync)) {
+        let rows = out.len();
+        let shares = self.pool.threads();
+        if shares == 1 || rows < MIN_PARALLEL_ROWS {
+            return f(0..rows, out);
+        }
         let out = SyncPtr(out.as_mut_ptr());
         self.pool.run(&|i| {
             let r = share(rows, shares, i, ROW_TILE);
             // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
-            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
-            self.gemv_rows(m, out, &w[r.start * cols..r.end * cols], x);
+            let block = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
+            f(r, block);
         });
     }
 
@@ -271,46 +282,26 @@ impl Backend {
     /// `m` is where kernels generated per shape will be chosen; today every Q8_0 matrix runs
     /// on the runtime-shape int8 kernels.
     pub fn gemv_q8(&self, _m: Matrix, out: &mut [f32], w: Q8Ref, x: Q8Ref) {
-        let (rows, cols) = (out.len(), x.q.len());
-        let shares = self.pool.threads();
-        if shares == 1 || rows < MIN_PARALLEL_ROWS {
-            return self.q8.matmul(out, w, x);
-        }
+        let cols = x.q.len();
         assert_eq!(
             w.q.len(),
-            rows * cols,
+            out.len() * cols,
             "gemv_q8: weight length is not rows × cols"
         );
-        let out = SyncPtr(out.as_mut_ptr());
-        self.pool.run(&|i| {
-            let r = share(rows, shares, i, ROW_TILE);
-            // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
-            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
-            self.q8.matmul(out, w.rows(r, cols), x);
-        });
+        self.for_row_blocks(out, &|r, out| self.q8.matmul(out, w.rows(r, cols), x));
     }
 
     /// `out = W · x` for a Q4_0 matrix and an int8 input, rows split across the threads in
     /// tiles of [`ROW_TILE`] as for f32 and Q8_0, so the result is the same for every thread
     /// count.
     pub fn gemv_q4(&self, _m: Matrix, out: &mut [f32], w: Q4Ref, x: Q8Ref) {
-        let (rows, cols) = (out.len(), x.q.len());
-        let shares = self.pool.threads();
-        if shares == 1 || rows < MIN_PARALLEL_ROWS {
-            return self.q4.matmul(out, w, x);
-        }
+        let cols = x.q.len();
         assert_eq!(
             w.q.len() * 2,
-            rows * cols,
+            out.len() * cols,
             "gemv_q4: weight length is not rows × cols"
         );
-        let out = SyncPtr(out.as_mut_ptr());
-        self.pool.run(&|i| {
-            let r = share(rows, shares, i, ROW_TILE);
-            // SAFETY: shares are disjoint ranges of `0..rows`, and `out` outlives the job.
-            let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(r.start), r.len()) };
-            self.q4.matmul(out, w.rows(r, cols), x);
-        });
+        self.for_row_blocks(out, &|r, out| self.q4.matmul(out, w.rows(r, cols), x));
     }
 
     /// One thread's block of rows: `out.len()` rows of `W`, starting wherever `w` starts.
