@@ -1,6 +1,8 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod runq;
+
 use std::path::{Path, PathBuf};
 
 use engine::backend::compiled_config;
