@@ -9,6 +9,7 @@
 //! Each emitter lives in `isa/`; `module.rs` writes everything that is not a kernel.
 
 mod emit;
+mod int8;
 mod isa;
 mod module;
 mod shapes;

@@ -30,11 +30,13 @@ pub(crate) fn module(cfg: &ModelConfig) -> TokenStream {
         .map(|isa| isa.emit(&shapes, cfg.dim, cfg.norm_eps));
     let kernels = kernels(cfg, &shapes);
     let traits = traits(cfg, &shapes);
+    let int8 = crate::int8::items(cfg);
     quote! {
         #constants
         #(#isa_modules)*
         #kernels
         #traits
+        #int8
     }
 }
 

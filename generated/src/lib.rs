@@ -117,6 +117,144 @@ impl FromStr for Isa {
     }
 }
 
+/// An instruction set the generated int8 (Q8_0 / Q4_0) kernels exist for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Int8Isa {
+    /// Plain Rust; runs everywhere.
+    Portable,
+    /// x86_64 AVX2 (`vpmaddubsw` + `vpmaddwd`).
+    Avx2,
+    /// x86_64 AVX-512F/BW with VNNI (`vpdpbusd`).
+    Avx512Vnni,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDotprod,
+}
+
+impl Int8Isa {
+    /// Every int8 instruction set, in declaration order.
+    pub fn all() -> &'static [Int8Isa] {
+        &[
+            Int8Isa::Portable,
+            Int8Isa::Avx2,
+            Int8Isa::Avx512Vnni,
+            Int8Isa::NeonDotprod,
+        ]
+    }
+
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Isa::Portable => "portable",
+            Int8Isa::Avx2 => "avx2",
+            Int8Isa::Avx512Vnni => "avx512vnni",
+            Int8Isa::NeonDotprod => "neon+dotprod",
+        }
+    }
+
+    /// Whether the running CPU can run it.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Int8Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Int8Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Int8Isa::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Int8Isa::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Int8Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A generated Q8_0 kernel: `(w, w_scales, x, x_scales, out)`, all tiled
+/// (`model_config::tiled`).
+pub type Q8GemvFn = unsafe fn(&[i8], &[f32], &[i8], &[f32], &mut [f32]);
+
+/// A generated Q4_0 kernel: `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled.
+pub type Q4GemvFn = unsafe fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
+
+/// A Q8_0 kernel this CPU is known to run, from [`Int8Kernels::q8`].
+#[derive(Clone, Copy)]
+pub struct Q8Gemv(Q8GemvFn);
+
+impl Q8Gemv {
+    /// # Safety
+    /// The CPU must run `f`'s instruction set.
+    #[allow(dead_code)] // a model with no tiled shape never builds one
+    unsafe fn new(f: Q8GemvFn) -> Self {
+        Self(f)
+    }
+
+    /// `out = W · x` for a block of rows starting on a tile boundary: `w` and `w_scales` are
+    /// that block of the tiled matrix, `x` and `x_scales` the tiled input.
+    ///
+    /// # Panics
+    /// If a length does not match the kernel's shape.
+    #[inline]
+    pub fn run(&self, w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], out: &mut [f32]) {
+        // SAFETY: `new`'s contract; the kernel checks every length.
+        unsafe { (self.0)(w, w_scales, x, x_scales, out) }
+    }
+}
+
+impl fmt::Debug for Q8Gemv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Q8Gemv")
+    }
+}
+
+/// A Q4_0 kernel this CPU is known to run, from [`Int8Kernels::q4`].
+#[derive(Clone, Copy)]
+pub struct Q4Gemv(Q4GemvFn);
+
+impl Q4Gemv {
+    /// # Safety
+    /// The CPU must run `f`'s instruction set.
+    #[allow(dead_code)] // a model with no tiled shape never builds one
+    unsafe fn new(f: Q4GemvFn) -> Self {
+        Self(f)
+    }
+
+    /// `out = W · x` as [`Q8Gemv::run`], plus the input's lane corrections
+    /// (`model_config::tiled::input_correction`).
+    ///
+    /// # Panics
+    /// If a length does not match the kernel's shape.
+    #[inline]
+    pub fn run(
+        &self,
+        w: &[u8],
+        w_scales: &[f32],
+        x: &[i8],
+        x_scales: &[f32],
+        corr: &[i32],
+        out: &mut [f32],
+    ) {
+        // SAFETY: `new`'s contract; the kernel checks every length.
+        unsafe { (self.0)(w, w_scales, x, x_scales, corr, out) }
+    }
+}
+
+impl fmt::Debug for Q4Gemv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Q4Gemv")
+    }
+}
+
 include!(concat!(env!("OUT_DIR"), "/model.rs"));
 
 /// The fixed test models `build.rs` generates next to `model.rs`, so every kernel path is

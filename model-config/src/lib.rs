@@ -7,6 +7,7 @@
 pub mod checkpoint;
 mod config;
 mod presets;
+pub mod tiled;
 
 pub use checkpoint::{
     CheckpointFormat, CheckpointLayout, HeaderError, MatrixSpan, QuantSpan, TensorSpan,
