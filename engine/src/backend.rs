@@ -14,7 +14,7 @@ use crate::kernels::q8::Q8Kernels;
 use crate::kernels::{GenericKernels, Isa};
 use crate::model::MatRef;
 use crate::pool::{share, Pool, SyncPtr};
-use crate::quant::{GemvInput, Q4Ref, Q8Ref};
+use crate::quant::{GemvInput, Q4Ref, Q8Ref, TiledInput};
 
 /// The matrix a GEMV multiplies by; the specialised backend maps each to its compiled shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +50,12 @@ pub enum Kernels {
 #[derive(Debug)]
 pub struct Backend {
     kernels: Kernels,
-    /// Int8 GEMV for Q8_0 matrices (runtime-shape: no generated int8 kernels exist yet).
+    /// Runtime-shape int8 GEMV for Q8_0 matrices without a generated kernel.
     q8: Q8Kernels,
+    /// Generated int8 kernels for the tiled Q8_0 / Q4_0 matrices: the specialised backend's,
+    /// on the instruction set of `q8`, unless tiling is off (`--zero-copy`) or none were
+    /// generated for that instruction set.
+    int8: Option<generated::Int8Kernels>,
     /// GEMV for Q4_0 matrices (runtime-shape), on the same instruction set as `q8`.
     q4: Q4Kernels,
     /// The weights this backend runs, for reports (set by [`Backend::for_weights`]).
@@ -121,20 +125,63 @@ impl Backend {
                 GenericKernels::for_isa(k.isa()).unwrap_or_else(GenericKernels::detect)
             }
         };
-        Self {
+        let mut backend = Self {
             kernels,
             attention,
             q8,
             q4,
+            int8: None,
             weights: WeightFormat::F32,
             pool: Pool::new(1),
-        }
+        };
+        backend.int8 = backend.generated_int8();
+        backend
     }
 
-    /// The same backend with its int8 kernels forced to `q8` (tests, comparisons).
+    /// The generated int8 kernels matching the runtime int8 path's instruction set, for a
+    /// specialised backend.
+    fn generated_int8(&self) -> Option<generated::Int8Kernels> {
+        use crate::kernels::q8::Q8Isa;
+        use generated::Int8Isa;
+        if !matches!(self.kernels, Kernels::Specialised(_)) {
+            return None;
+        }
+        let isa = match self.q8.isa() {
+            Q8Isa::Scalar => Int8Isa::Portable,
+            Q8Isa::Avx2 => Int8Isa::Avx2,
+            Q8Isa::Avx512Vnni => Int8Isa::Avx512Vnni,
+            Q8Isa::NeonDotprod => Int8Isa::NeonDotprod,
+            Q8Isa::Neon => return None,
+        };
+        generated::Int8Kernels::for_isa(isa)
+    }
+
+    /// The same backend with its int8 kernels forced to `q8` (tests, comparisons); the
+    /// generated int8 kernels follow.
     pub fn with_q8(mut self, q8: Q8Kernels) -> Self {
         self.q8 = q8;
+        if self.int8.is_some() {
+            self.int8 = self.generated_int8();
+        }
         self
+    }
+
+    /// The same backend without the generated int8 kernels: Q8_0 and Q4_0 matrices are read
+    /// in place by the runtime-shape kernels (`--zero-copy`: no tiled copy is made).
+    pub fn without_tiling(mut self) -> Self {
+        self.int8 = None;
+        self
+    }
+
+    /// True when int8 matrices should be tiled for the generated kernels
+    /// ([`crate::Model::tiled_weights`]).
+    pub fn tiles_int8(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// The generated int8 kernels in use, if any.
+    pub fn int8(&self) -> Option<generated::Int8Kernels> {
+        self.int8
     }
 
     /// Records which weights this backend runs (f32 or Q8_0), for [`Backend::describe`] and
@@ -185,9 +232,23 @@ impl Backend {
     }
 
     /// True when the matrix products run on generated kernels: the specialised f32 kernels
-    /// with f32 weights. Q8_0 and Q4_0 matrices always run on the runtime-shape kernels.
+    /// with f32 weights, or generated int8 kernels for a Q8_0 / Q4_0 model whose group size
+    /// they were compiled for (for the shapes in `generated::Q8_SHAPES` / `Q4_SHAPES`; any
+    /// other matrix runs on the runtime-shape kernels).
     pub fn is_specialised(&self) -> bool {
-        matches!(self.kernels, Kernels::Specialised(_)) && self.weights == WeightFormat::F32
+        let tiled = |group: usize, compiled: usize, shapes: &[(usize, usize)]| {
+            self.int8.is_some() && group == compiled && !shapes.is_empty()
+        };
+        matches!(self.kernels, Kernels::Specialised(_))
+            && match self.weights {
+                WeightFormat::F32 => true,
+                WeightFormat::Q8_0 { group_size } => {
+                    tiled(group_size, generated::Q8_GROUP, generated::Q8_SHAPES)
+                }
+                WeightFormat::Q4_0 { group_size } => {
+                    tiled(group_size, generated::Q4_GROUP, generated::Q4_SHAPES)
+                }
+            }
     }
 
     /// `"specialised avx512f, 2 threads"`; for Q8_0 weights
@@ -200,16 +261,18 @@ impl Backend {
         } else {
             "generic"
         };
+        let int8 = match (self.is_specialised(), self.int8) {
+            (true, Some(k)) => format!("specialised int8 {} (tiled", k.isa().name()),
+            _ => format!("generic int8 {} (", self.q8.isa().name()),
+        };
         match self.weights {
             WeightFormat::F32 => format!("{f32_kind} {}, {threads}", self.isa().name()),
             WeightFormat::Q8_0 { group_size } => format!(
-                "generic int8 {}, q8_0 group {group_size} (rmsnorm: {f32_kind} {}), {threads}",
-                self.q8.isa().name(),
+                "{int8}; rmsnorm: {f32_kind} {}), q8_0 group {group_size}, {threads}",
                 self.isa().name()
             ),
             WeightFormat::Q4_0 { group_size } => format!(
-                "generic q4 {}, q4_0 group {group_size} (rmsnorm: {f32_kind} {}), {threads}",
-                self.q4.isa().name(),
+                "{int8}; rmsnorm: {f32_kind} {}), q4_0 group {group_size}, {threads}",
                 self.isa().name()
             ),
         }
@@ -274,7 +337,46 @@ impl Backend {
                 w,
                 x.q8.expect("a Q4_0 matrix needs a quantised input"),
             ),
+            MatRef::Q8Tiled(w) => self.gemv_q8_tiled(
+                out,
+                w,
+                x.q8.expect("a Q8_0 matrix needs a quantised input"),
+                x.tiled.expect(TILED_INPUT),
+            ),
+            MatRef::Q4Tiled(w) => self.gemv_q4_tiled(
+                out,
+                w,
+                x.q8.expect("a Q4_0 matrix needs a quantised input"),
+                x.tiled.expect(TILED_INPUT),
+            ),
         }
+    }
+
+    /// `out = W · x` for a tiled Q8_0 matrix on its generated kernel, rows split across the
+    /// threads on tile boundaries.
+    fn gemv_q8_tiled(&self, out: &mut [f32], w: Q8Ref, x: Q8Ref, xt: TiledInput) {
+        let cols = x.q.len();
+        let kernel = self
+            .int8
+            .and_then(|k| k.q8(out.len(), cols, w.group))
+            .expect(TILED_KERNEL);
+        self.for_row_blocks(out, &|r, out| {
+            let w = w.rows(r, cols);
+            kernel.run(w.q, w.scales, xt.q, x.scales, out)
+        });
+    }
+
+    /// `out = W · x` for a tiled Q4_0 matrix on its generated kernel.
+    fn gemv_q4_tiled(&self, out: &mut [f32], w: Q4Ref, x: Q8Ref, xt: TiledInput) {
+        let cols = x.q.len();
+        let kernel = self
+            .int8
+            .and_then(|k| k.q4(out.len(), cols, w.group))
+            .expect(TILED_KERNEL);
+        self.for_row_blocks(out, &|r, out| {
+            let w = w.rows(r, cols);
+            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr, out)
+        });
     }
 
     /// `out = W · x` for a Q8_0 matrix and a quantised input, rows split across the threads in
@@ -338,6 +440,11 @@ impl Backend {
 }
 
 const SHAPE_INVARIANT: &str = "specialised backend used with a model of another shape";
+const TILED_INPUT: &str = "a tiled matrix needs a tiled input (InputQuantizer::tile_inputs)";
+const TILED_KERNEL: &str = "matrices are tiled only for shapes with a generated kernel";
+
+// Thread shares start on ROW_TILE boundaries; the tiled layout needs them on its tiles.
+const _: () = assert!(ROW_TILE == model_config::tiled::TILE_ROWS);
 
 /// Views the slices as rows of the compiled shape and calls the kernel for `R × C`. The
 /// `Gemv<R, C>` bound is where a missing or wrong shape becomes a compile error; the length

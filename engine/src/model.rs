@@ -11,7 +11,12 @@ use model_config::{
     CheckpointFormat, CheckpointLayout, MatrixSpan, ModelConfig, QuantSpan, TensorSpan,
 };
 
-use crate::aligned::AlignedBytes;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use model_config::tiled;
+
+use crate::aligned::{AlignedBytes, AlignedVec};
 use crate::error::LoadError;
 use crate::quant::{Q4Ref, Q8Ref};
 
@@ -47,6 +52,15 @@ pub struct Model {
     path: PathBuf,
     layout: CheckpointLayout,
     storage: Storage,
+    /// Tiled copies of the int8 matrices, made on the first [`Model::tiled_weights`] call.
+    tiled: OnceLock<Tiled>,
+}
+
+/// Tiled copies of the Q8_0 / Q4_0 matrices that have generated kernels, keyed by the byte
+/// offset of the matrix (one layer's slice) in the file.
+#[derive(Default)]
+struct Tiled {
+    matrices: HashMap<usize, (AlignedBytes, AlignedVec)>,
 }
 
 /// One weight matrix as stored: f32 values, or Q8_0 int8 values with their scales.
@@ -58,6 +72,10 @@ pub enum MatRef<'a> {
     Q8(Q8Ref<'a>),
     /// Row-major 4-bit values, two per byte, with one f32 scale per group.
     Q4(Q4Ref<'a>),
+    /// Q8_0 rearranged for the generated int8 kernels (`model_config::tiled`).
+    Q8Tiled(Q8Ref<'a>),
+    /// Q4_0 rearranged for the generated 4-bit kernels (`model_config::tiled`).
+    Q4Tiled(Q4Ref<'a>),
 }
 
 impl MatRef<'_> {
@@ -71,6 +89,9 @@ impl MatRef<'_> {
             MatRef::F32(w) => out.copy_from_slice(&w[r * n..(r + 1) * n]),
             MatRef::Q8(w) => w.dequantize_into(r * n..(r + 1) * n, out),
             MatRef::Q4(w) => w.dequantize_into(r * n..(r + 1) * n, out),
+            MatRef::Q8Tiled(_) | MatRef::Q4Tiled(_) => {
+                unreachable!("the token embedding is never tiled")
+            }
         }
     }
 }
@@ -155,6 +176,7 @@ impl Model {
             path: path.to_path_buf(),
             layout,
             storage,
+            tiled: OnceLock::new(),
         })
     }
 
@@ -291,30 +313,125 @@ impl Model {
 
     /// Views of every weight (f32 or Q8_0, as stored). Allocates the per-layer table once.
     pub fn weights(&self) -> Weights<'_> {
+        self.weights_with(&|m, layer, layers| self.matrix(m, layer, layers))
+    }
+
+    /// The same views, except that the int8 matrices with a generated kernel (a shape in
+    /// `generated::Q8_SHAPES` / `Q4_SHAPES` at the compiled group size) are tiled copies for
+    /// those kernels. The copies are made once, on the first call (about one pass over the
+    /// weights), and kept with the model; the token embedding stays as stored because it is
+    /// read one row at a time. For a model of another shape than the compiled one this is
+    /// [`Model::weights`].
+    pub fn tiled_weights(&self) -> Weights<'_> {
+        if !self
+            .layout
+            .config
+            .same_shape(&crate::backend::compiled_config())
+        {
+            return self.weights();
+        }
+        let tiled = self.tiled.get_or_init(|| self.tile());
+        self.weights_with(&|m, layer, layers| {
+            let plain = self.matrix(m, layer, layers);
+            let span = match m {
+                MatrixSpan::Q8(spans) | MatrixSpan::Q4(spans) => spans[layer],
+                MatrixSpan::F32(_) => return plain,
+            };
+            let Some((q, scales)) = tiled.matrices.get(&span.offset) else {
+                return plain;
+            };
+            match plain {
+                MatRef::Q8(w) => MatRef::Q8Tiled(Q8Ref {
+                    q: q.as_i8(),
+                    scales,
+                    group: w.group,
+                }),
+                MatRef::Q4(w) => MatRef::Q4Tiled(Q4Ref {
+                    q,
+                    scales,
+                    group: w.group,
+                }),
+                other => other,
+            }
+        })
+    }
+
+    /// (rows, cols) of each matrix by layout name.
+    fn shape_of(&self, name: &str) -> (usize, usize) {
+        let c = &self.layout.config;
+        match name {
+            "wq" | "wo" => (c.dim, c.dim),
+            "wk" | "wv" => (c.kv_dim(), c.dim),
+            "w1" | "w3" => (c.hidden_dim, c.dim),
+            "w2" => (c.dim, c.hidden_dim),
+            _ => (c.vocab_size, c.dim),
+        }
+    }
+
+    /// Tiles every int8 matrix whose shape and group have a generated kernel.
+    fn tile(&self) -> Tiled {
+        let mut out = Tiled::default();
+        for (name, m) in self.layout.matrices() {
+            let (rows, cols) = self.shape_of(name);
+            let (spans, q4): (&[QuantSpan], bool) = match m {
+                MatrixSpan::Q8(spans) => (spans, false),
+                MatrixSpan::Q4(spans) => (spans, true),
+                MatrixSpan::F32(_) => continue,
+            };
+            for &span in spans {
+                let has_kernel = if q4 {
+                    span.group == generated::Q4_GROUP
+                        && generated::Q4_SHAPES.contains(&(rows, cols))
+                } else {
+                    span.group == generated::Q8_GROUP
+                        && generated::Q8_SHAPES.contains(&(rows, cols))
+                };
+                if !has_kernel || out.matrices.contains_key(&span.offset) {
+                    continue;
+                }
+                let mut q = AlignedBytes::zeros(span.value_bytes());
+                let mut scales = AlignedVec::zeros(span.len / span.group);
+                if q4 {
+                    let w = self.quantized_q4(span);
+                    tiled::tile_q4(w.q, w.scales, cols, span.group, &mut q, &mut scales);
+                } else {
+                    let w = self.quantized(span);
+                    tiled::tile_q8(w.q, w.scales, cols, span.group, q.as_i8_mut(), &mut scales);
+                }
+                out.matrices.insert(span.offset, (q, scales));
+            }
+        }
+        out
+    }
+
+    /// Builds [`Weights`] with `matrix(span, layer, layers)` for every matrix (the classifier
+    /// is one layer of one).
+    fn weights_with<'s>(
+        &'s self,
+        matrix: &dyn Fn(&'s MatrixSpan, usize, usize) -> MatRef<'s>,
+    ) -> Weights<'s> {
         let l = &self.layout;
         let c = &l.config;
         let (d, layers) = (c.dim, c.n_layers);
         let rms_att = self.tensor(l.rms_att);
         let rms_ffn = self.tensor(l.rms_ffn);
         let token_embedding = self.matrix(&l.token_embedding, 0, 1);
+        let cls = l.wcls.as_ref().unwrap_or(&l.token_embedding);
         Weights {
             token_embedding,
             rms_final: self.tensor(l.rms_final),
-            wcls: l
-                .wcls
-                .as_ref()
-                .map_or(token_embedding, |m| self.matrix(m, 0, 1)),
+            wcls: matrix(cls, 0, 1),
             layers: (0..layers)
                 .map(|i| LayerWeights {
                     rms_att: &rms_att[i * d..(i + 1) * d],
-                    wq: self.matrix(&l.wq, i, layers),
-                    wk: self.matrix(&l.wk, i, layers),
-                    wv: self.matrix(&l.wv, i, layers),
-                    wo: self.matrix(&l.wo, i, layers),
+                    wq: matrix(&l.wq, i, layers),
+                    wk: matrix(&l.wk, i, layers),
+                    wv: matrix(&l.wv, i, layers),
+                    wo: matrix(&l.wo, i, layers),
                     rms_ffn: &rms_ffn[i * d..(i + 1) * d],
-                    w1: self.matrix(&l.w1, i, layers),
-                    w2: self.matrix(&l.w2, i, layers),
-                    w3: self.matrix(&l.w3, i, layers),
+                    w1: matrix(&l.w1, i, layers),
+                    w2: matrix(&l.w2, i, layers),
+                    w3: matrix(&l.w3, i, layers),
                 })
                 .collect(),
         }

@@ -267,6 +267,19 @@ pub struct GemvInput<'a> {
     pub x: &'a [f32],
     /// The input quantised with the model's group size (Q8_0 models only).
     pub q8: Option<Q8Ref<'a>>,
+    /// `q8` in the tiled block order, when the model has tiled matrices and the input is a
+    /// whole number of blocks (see [`InputQuantizer::tile_inputs`]).
+    pub tiled: Option<TiledInput<'a>>,
+}
+
+/// A quantised input in the tiled layout's block order (`model_config::tiled`); its scales
+/// are the untiled input's.
+#[derive(Debug, Clone, Copy)]
+pub struct TiledInput<'a> {
+    /// The int8 values, each 64-value block permuted as the tiled weights.
+    pub q: &'a [i8],
+    /// `-8 · Σ` of each four values (Q4_0 models; empty for Q8_0).
+    pub corr: &'a [i32],
 }
 
 /// The buffer every GEMV input of a Q8_0 model is quantised into, allocated once
@@ -276,6 +289,12 @@ pub struct InputQuantizer {
     group: Option<usize>,
     q: AlignedBytes,
     scales: AlignedVec,
+    /// Whether inputs are also put in tiled order, and whether they need Q4 corrections.
+    tiled: bool,
+    q4: bool,
+    positions: [u8; model_config::tiled::BLOCK],
+    tiled_q: AlignedBytes,
+    corr: Vec<i32>,
 }
 
 impl InputQuantizer {
@@ -290,6 +309,26 @@ impl InputQuantizer {
             group,
             q: AlignedBytes::zeros(q_len),
             scales: AlignedVec::zeros(s_len),
+            tiled: false,
+            positions: [0; model_config::tiled::BLOCK],
+            q4: matches!(format, WeightFormat::Q4_0 { .. }),
+            tiled_q: AlignedBytes::zeros(0),
+            corr: Vec::new(),
+        }
+    }
+
+    /// Also provide every input in the tiled block order (for models whose matrices were
+    /// tiled), with the Q4_0 lane corrections for Q4_0 models. Allocates once, here.
+    pub fn tile_inputs(&mut self) {
+        let Some(group) = self.group else { return };
+        if !model_config::tiled::tiled_group(group) {
+            return;
+        }
+        self.tiled = true;
+        self.positions = model_config::tiled::block_positions(group);
+        self.tiled_q = AlignedBytes::zeros(self.q.len());
+        if self.q4 {
+            self.corr = vec![0; self.q.len() / 4];
         }
     }
 
@@ -298,14 +337,31 @@ impl InputQuantizer {
     #[inline]
     pub fn input<'a>(&'a mut self, x: &'a [f32]) -> GemvInput<'a> {
         let Some(group) = self.group else {
-            return GemvInput { x, q8: None };
+            return GemvInput {
+                x,
+                q8: None,
+                tiled: None,
+            };
         };
         let q = &mut self.q.as_i8_mut()[..x.len()];
         let scales = &mut self.scales[..x.len() / group];
         quantize_activations(x, group, q, scales);
+        let tiled = (self.tiled && x.len().is_multiple_of(model_config::tiled::BLOCK)).then(|| {
+            let tq = &mut self.tiled_q.as_i8_mut()[..x.len()];
+            model_config::tiled::tile_input_with(q, &self.positions, tq);
+            let corr = if self.q4 {
+                let corr = &mut self.corr[..x.len() / 4];
+                model_config::tiled::input_correction(tq, corr);
+                &*corr
+            } else {
+                &[][..]
+            };
+            TiledInput { q: tq, corr }
+        });
         GemvInput {
             x,
             q8: Some(Q8Ref { q, scales, group }),
+            tiled,
         }
     }
 }

@@ -40,12 +40,20 @@ impl<'m> Session<'m> {
     /// Allocates every buffer the decode loop needs, once.
     pub fn new(model: &'m Model, backend: Backend) -> Self {
         let cfg = model.config();
+        let mut state = RunState::new(cfg);
+        // Int8 matrices with a generated kernel run on a tiled copy (made once per model).
+        let weights = if backend.tiles_int8() && cfg.weight_format.group_size().is_some() {
+            state.xq.tile_inputs();
+            model.tiled_weights()
+        } else {
+            model.weights()
+        };
         Self {
             model,
-            weights: model.weights(),
+            weights,
             backend: backend.for_weights(cfg.weight_format),
             rope: Rope::new(cfg),
-            state: RunState::new(cfg),
+            state,
             pos: 0,
         }
     }

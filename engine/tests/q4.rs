@@ -256,21 +256,28 @@ fn check_against_independent(q4_path: &Path, steps: usize) {
         .config()
         .same_shape(&engine::backend::compiled_config())
     {
-        runs.push(
+        // The generated (tiled) int8 kernels: one thread, three threads (shares split on
+        // tile boundaries), and the portable ones.
+        let specialised = || {
             Backend::specialised(model.config(), q4_path, None)
                 .unwrap()
-                .unwrap(),
+                .unwrap()
+        };
+        runs.push(specialised());
+        runs.push(specialised().with_threads(3));
+        runs.push(
+            specialised().with_q8(engine::kernels::q8::Q8Kernels::for_isa(Q8Isa::Scalar).unwrap()),
         );
     }
     let mut exercised = std::collections::HashSet::new();
+    let group = model.config().weight_format.group_size().unwrap();
     for b in runs {
         exercised.insert(b.q4().isa());
+        let tiled =
+            b.tiles_int8() && group == generated::Q4_GROUP && !generated::Q4_SHAPES.is_empty();
         let mut session = Session::new(&model, b);
         let what = session.backend().describe();
-        assert!(
-            !session.backend().is_specialised(),
-            "Q4_0 matmuls are never specialised: {what}"
-        );
+        assert_eq!(what.contains("tiled"), tiled, "{what}");
         let mut noise = 0.0f32;
         for (is_greedy, inputs, reference) in [
             (true, &greedy_inputs, &ref_logits),

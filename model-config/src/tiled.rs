@@ -180,12 +180,24 @@ pub fn tile_q4(
     }
 }
 
+/// [`block_position`] of every value of a block, for the hot per-input rearrangement.
+pub fn block_positions(group: usize) -> [u8; BLOCK] {
+    std::array::from_fn(|e| block_position(e, group) as u8)
+}
+
 /// Puts a quantised input (`x`, a whole number of blocks) in block order for `group`.
 pub fn tile_input(x: &[i8], group: usize, out: &mut [i8]) {
+    tile_input_with(x, &block_positions(group), out);
+}
+
+/// [`tile_input`] with the positions precomputed ([`block_positions`]).
+#[inline]
+pub fn tile_input_with(x: &[i8], positions: &[u8; BLOCK], out: &mut [i8]) {
     assert!(x.len().is_multiple_of(BLOCK) && out.len() == x.len());
     for (src, dst) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK)) {
-        for (e, &v) in src.iter().enumerate() {
-            dst[block_position(e, group)] = v;
+        let dst: &mut [i8; BLOCK] = dst.try_into().expect("a whole block");
+        for (&v, &p) in src.iter().zip(positions) {
+            dst[p as usize & (BLOCK - 1)] = v;
         }
     }
 }

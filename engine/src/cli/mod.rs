@@ -53,7 +53,8 @@ pub struct RunOpts {
     /// Map the checkpoint in place even when its tensors are not 64-byte aligned on disk (v0).
     /// By default such a file is copied once into aligned memory: measured ~9 % faster
     /// decoding for stories110M (docs/PERFORMANCE.md). Aligned files (v1, v2) are always
-    /// mapped in place.
+    /// mapped in place. Also keeps Q8_0/Q4_0 matrices as stored, on the runtime-shape int8
+    /// kernels, instead of tiling a copy for the generated ones.
     #[arg(long)]
     pub zero_copy: bool,
     /// Threads to split each GEMV and the attention heads across (default: all cores).
@@ -92,6 +93,11 @@ impl RunOpts {
             usize::from,
         );
         let weights = model.config().weight_format;
+        let backend = if self.zero_copy {
+            backend.without_tiling()
+        } else {
+            backend
+        };
         Ok((model, backend.with_threads(threads).for_weights(weights)))
     }
 }
