@@ -17,11 +17,15 @@ fn broadcast(n: usize) -> TokenStream {
     let name = ident(&format!("broadcast{n}"));
     let value = match n {
         1 => quote!(_mm512_set1_ps(*p)),
-        2 => quote!(_mm512_castpd_ps(_mm512_set1_pd(p.cast::<f64>().read_unaligned()))),
+        2 => quote!(_mm512_castpd_ps(_mm512_set1_pd(
+            p.cast::<f64>().read_unaligned()
+        ))),
         4 => quote!(_mm512_broadcast_f32x4(_mm_loadu_ps(p))),
         _ => unreachable!("tiled groups give periods 1, 2 or 4"),
     };
-    let docs = doc(&format!("{n} scales repeated over the lanes (lane i gets p[i % {n}])."));
+    let docs = doc(&format!(
+        "{n} scales repeated over the lanes (lane i gets p[i % {n}])."
+    ));
     quote! {
         #docs
         #[target_feature(enable = #FEATURES)]

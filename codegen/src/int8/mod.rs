@@ -10,7 +10,9 @@
 //! kernel reads each matrix front to back as one stream, with a software prefetch
 //! [`PREFETCH_BYTES`] ahead.
 
+pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod neon;
 pub(crate) mod portable;
 
 use model_config::tiled::{int8_groups, q4_tiles, q8_tiles, BLOCK, TILE_ROWS};
@@ -130,7 +132,13 @@ fn at(p: &Ident, offset: usize) -> TokenStream {
 /// The statements computing `rows` rows (a tile, or one row) of `cols` columns: the
 /// prepared input blocks, one step per row and block, the totals. `first` is the index of
 /// the tile's first output row.
-fn rows_body(q4: bool, cols: usize, period: usize, rows: usize, first: &TokenStream) -> TokenStream {
+fn rows_body(
+    q4: bool,
+    cols: usize,
+    period: usize,
+    rows: usize,
+    first: &TokenStream,
+) -> TokenStream {
     let (wp, sp, xp, xsp, cp) = (
         ident("wp"),
         ident("sp"),
@@ -148,11 +156,7 @@ fn rows_body(q4: bool, cols: usize, period: usize, rows: usize, first: &TokenStr
     let values_per_chunk = if q4 { 2 * BLOCK } else { BLOCK };
     let scales_per_chunk = values_per_chunk / BLOCK * period;
     for k in 0..cols / values_per_chunk {
-        let blocks: Vec<usize> = if q4 {
-            vec![2 * k, 2 * k + 1]
-        } else {
-            vec![k]
-        };
+        let blocks: Vec<usize> = if q4 { vec![2 * k, 2 * k + 1] } else { vec![k] };
         for &b in &blocks {
             let (x, s) = (ident(&format!("x{b}")), ident(&format!("xs{b}")));
             let xat = at(&xp, b * BLOCK);
@@ -171,7 +175,10 @@ fn rows_body(q4: bool, cols: usize, period: usize, rows: usize, first: &TokenStr
             let wat = at(&wp, step * BLOCK);
             let sat = at(&sp, step * scales_per_chunk);
             if q4 {
-                let (x0, x1) = (ident(&format!("x{}", 2 * k)), ident(&format!("x{}", 2 * k + 1)));
+                let (x0, x1) = (
+                    ident(&format!("x{}", 2 * k)),
+                    ident(&format!("x{}", 2 * k + 1)),
+                );
                 let (s0, s1) = (
                     ident(&format!("xs{}", 2 * k)),
                     ident(&format!("xs{}", 2 * k + 1)),
@@ -364,7 +371,10 @@ pub(crate) fn module<E: Int8Emitter>(plan: &Int8Plan) -> TokenStream {
     let cfg = arch_cfg(E::ARCH);
     let docs = doc(E::DOC);
     let import = E::import();
-    let q8_wrappers = plan.q8.iter().map(|s| wrapper::<E>(false, s, plan.q8_group));
+    let q8_wrappers = plan
+        .q8
+        .iter()
+        .map(|s| wrapper::<E>(false, s, plan.q8_group));
     let q4_wrappers = plan.q4.iter().map(|s| wrapper::<E>(true, s, plan.q4_group));
     let q8_bodies = distinct_cols(&plan.q8)
         .into_iter()
@@ -423,8 +433,15 @@ pub(crate) fn items(cfg: &ModelConfig) -> TokenStream {
     let modules = [
         module::<portable::Portable>(&plan),
         module::<avx512::Avx512Vnni>(&plan),
+        module::<avx2::Avx2>(&plan),
+        module::<neon::NeonDotprod>(&plan),
     ];
-    let isas = [emitted::<avx512::Avx512Vnni>(), emitted::<portable::Portable>()];
+    let isas = [
+        emitted::<avx512::Avx512Vnni>(),
+        emitted::<avx2::Avx2>(),
+        emitted::<neon::NeonDotprod>(),
+        emitted::<portable::Portable>(),
+    ];
     let table = table(&plan, &isas);
     quote! {
         #(#modules)*
@@ -467,7 +484,11 @@ fn table(plan: &Int8Plan, isas: &[Emitted]) -> TokenStream {
             (quote!(crate::Q8GemvFn), quote!(crate::Q8Gemv))
         };
         let arms = arms(q4, shapes);
-        let group = if q4 { quote!(Q4_GROUP) } else { quote!(Q8_GROUP) };
+        let group = if q4 {
+            quote!(Q4_GROUP)
+        } else {
+            quote!(Q8_GROUP)
+        };
         if arms.is_empty() {
             return quote! {
                 let _ = (self, rows, cols, group);
