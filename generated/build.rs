@@ -137,7 +137,7 @@ fn resolve(
 /// presets, an odd grouped-query shape, and two shapes whose widths leave remainders
 /// modulo 16, 8 and 4 (including rows and columns shorter than one vector).
 fn test_models() -> Vec<ModelConfig> {
-    let custom = |name: &str, dims: [usize; 7], shared: bool| {
+    let custom_format = |name: &str, dims: [usize; 7], shared: bool, weight_format| {
         let [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len] = dims;
         let cfg = ModelConfig {
             name: name.to_string(),
@@ -151,11 +151,14 @@ fn test_models() -> Vec<ModelConfig> {
             shared_classifier: shared,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
-            weight_format: WeightFormat::F32,
+            weight_format,
         };
         cfg.validate()
             .unwrap_or_else(|e| panic!("test model {name}: {e}"));
         cfg
+    };
+    let custom = |name: &str, dims: [usize; 7], shared: bool| {
+        custom_format(name, dims, shared, WeightFormat::F32)
     };
     vec![
         preset("stories260k").expect("preset"),
@@ -166,6 +169,28 @@ fn test_models() -> Vec<ModelConfig> {
         custom("odd_small", [54, 103, 2, 9, 3, 97, 16], false),
         // Everything shorter than one vector: 6 and 13 columns (13 mod 4 = 1), 2-row k/v.
         custom("odd_tiny", [6, 13, 1, 3, 1, 5, 4], true),
+        // Tiled int8 kernels at every group size: Q8_0 groups of 16 (Q4_0: 32), 301 rows
+        // (one single-row tile at the end).
+        custom_format(
+            "int8_a",
+            [256, 640, 1, 8, 2, 301, 16],
+            false,
+            WeightFormat::Q8_0 { group_size: 16 },
+        ),
+        // Q4_0 groups of 16 (Q8_0: 64); 130 rows (two single-row tiles).
+        custom_format(
+            "int8_b",
+            [128, 384, 1, 4, 4, 130, 8],
+            false,
+            WeightFormat::Q4_0 { group_size: 16 },
+        ),
+        // Q4_0 groups of 64 (Q8_0: 64); 67 rows.
+        custom_format(
+            "int8_c",
+            [128, 256, 1, 2, 1, 67, 4],
+            true,
+            WeightFormat::Q4_0 { group_size: 64 },
+        ),
     ]
 }
 

@@ -185,6 +185,158 @@ fn check_rmsnorm<const N: usize>(
     }
 }
 
+/// Row blocks a tiled int8 kernel may be given (threads split on tile boundaries): the whole
+/// matrix, the first tile, a middle stretch, and the end from the last tile boundary (which
+/// holds the single-row tiles when `rows % 4 != 0`).
+fn tile_blocks(rows: usize) -> Vec<(usize, usize)> {
+    let tile = model_config::tiled::TILE_ROWS;
+    let last = (rows.saturating_sub(1) / tile) * tile;
+    [
+        (0, rows),
+        (0, tile.min(rows)),
+        (tile, 3 * tile),
+        (last, rows - last),
+    ]
+    .into_iter()
+    .filter(|&(start, len)| start + len <= rows)
+    .collect()
+}
+
+/// Runs `kernel(rows, w, w_scales, out)` on each tile block of a tiled matrix and checks each
+/// row against `expected` (sum, scale) with a NaN-prefilled output and a guard value.
+fn check_int8_blocks(
+    label: &str,
+    rows: usize,
+    bytes_per_row: usize,
+    scales_per_row: usize,
+    expected: &[(f64, f64)],
+    kernel: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, &mut [f32]),
+) {
+    for (start, len) in tile_blocks(rows) {
+        let mut buf = vec![f32::NAN; len + 1];
+        buf[len] = 12345.0;
+        kernel(
+            start * bytes_per_row..(start + len) * bytes_per_row,
+            start * scales_per_row..(start + len) * scales_per_row,
+            &mut buf[..len],
+        );
+        for (i, &got) in buf[..len].iter().enumerate() {
+            let (sum, scale) = expected[start + i];
+            assert_close(
+                &format!("{label} rows {start}..{} row {}", start + len, start + i),
+                got,
+                sum,
+                scale,
+            );
+        }
+        assert_eq!(buf[len], 12345.0, "{label}: wrote past its block");
+    }
+}
+
+/// A random int8 input of `cols` values with one positive scale per `group`.
+fn int8_input(rng: &mut Rng, cols: usize, group: usize) -> (Vec<i8>, Vec<f32>) {
+    let q = (0..cols)
+        .map(|_| (rng.value() * 127.0).round() as i8)
+        .collect();
+    let s = (0..cols / group)
+        .map(|_| 0.001 + 0.02 * rng.value().abs())
+        .collect();
+    (q, s)
+}
+
+/// The f64 reference of a grouped int8 GEMV: per row Σ_g w_s·x_s·Σ q·x_q, and the scale
+/// Σ_g |w_s·x_s|·Σ |q·x_q| for [`assert_close`].
+fn int8_reference(
+    q: impl Fn(usize) -> i32,
+    w_scales: &[f32],
+    xq: &[i8],
+    xs: &[f32],
+    rows: usize,
+    group: usize,
+) -> Vec<(f64, f64)> {
+    let cols = xq.len();
+    (0..rows)
+        .map(|r| {
+            (0..cols / group).fold((0.0, 0.0), |(sum, abs), g| {
+                let s = w_scales[r * cols / group + g] as f64 * xs[g] as f64;
+                let (dot, dot_abs) =
+                    (g * group..(g + 1) * group).fold((0i64, 0i64), |(d, a), e| {
+                        let p = q(r * cols + e) as i64 * xq[e] as i64;
+                        (d + p, a + p.abs())
+                    });
+                (sum + s * dot as f64, abs + (s * dot_abs as f64).abs())
+            })
+        })
+        .collect()
+}
+
+/// Checks a tiled Q8_0 kernel for a `rows`×`cols` matrix against the f64 reference.
+fn check_q8(
+    label: &str,
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    kernel: impl Fn(&[i8], &[f32], &[i8], &[f32], &mut [f32]),
+) {
+    use model_config::tiled::{tile_input, tile_q8};
+    let q: Vec<i8> = (0..rows * cols)
+        .map(|_| (rng.value() * 127.0).round() as i8)
+        .collect();
+    let ws: Vec<f32> = (0..rows * cols / group)
+        .map(|_| 0.001 + 0.02 * rng.value().abs())
+        .collect();
+    let (xq, xs) = int8_input(rng, cols, group);
+    let expected = int8_reference(|i| q[i] as i32, &ws, &xq, &xs, rows, group);
+    let (mut tq, mut ts, mut tx) = (vec![0i8; q.len()], vec![0f32; ws.len()], vec![0i8; cols]);
+    tile_q8(&q, &ws, cols, group, &mut tq, &mut ts);
+    tile_input(&xq, group, &mut tx);
+    check_int8_blocks(label, rows, cols, cols / group, &expected, |b, s, out| {
+        kernel(&tq[b], &ts[s], &tx, &xs, out)
+    });
+}
+
+/// Checks a tiled Q4_0 kernel: values in [-8, 7] stored as baremetal v3 nibbles, then tiled.
+fn check_q4(
+    label: &str,
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    group: usize,
+    kernel: impl Fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
+) {
+    use model_config::tiled::{input_correction, tile_input, tile_q4};
+    let q: Vec<i8> = (0..rows * cols)
+        .map(|_| ((rng.value() * 8.0).floor() as i8).clamp(-8, 7))
+        .collect();
+    let packed: Vec<u8> = q
+        .chunks_exact(2)
+        .map(|p| ((p[0] + 8) as u8) | (((p[1] + 8) as u8) << 4))
+        .collect();
+    let ws: Vec<f32> = (0..rows * cols / group)
+        .map(|_| 0.001 + 0.02 * rng.value().abs())
+        .collect();
+    let (xq, xs) = int8_input(rng, cols, group);
+    let expected = int8_reference(|i| q[i] as i32, &ws, &xq, &xs, rows, group);
+    let (mut tq, mut ts, mut tx) = (
+        vec![0u8; packed.len()],
+        vec![0f32; ws.len()],
+        vec![0i8; cols],
+    );
+    tile_q4(&packed, &ws, cols, group, &mut tq, &mut ts);
+    tile_input(&xq, group, &mut tx);
+    let mut corr = vec![0i32; cols / 4];
+    input_correction(&tx, &mut corr);
+    check_int8_blocks(
+        label,
+        rows,
+        cols / 2,
+        cols / group,
+        &expected,
+        |b, s, out| kernel(&tq[b], &ts[s], &tx, &xs, &corr, out),
+    );
+}
+
 /// Kernels for every instruction set this CPU runs, checking that `for_isa` agrees with
 /// `Isa::is_supported` on the way.
 macro_rules! supported_kernels {
@@ -241,6 +393,47 @@ macro_rules! model_tests {
                     check_rmsnorm::<$dim>(&label, &mut rng, m::NORM_EPS, |out, x, w| {
                         <m::Kernels as m::RmsNorm<$dim>>::rmsnorm(&kernels, out, x, w)
                     });
+                }
+            }
+
+            #[test]
+            fn int8_kernels_match_f64_reference_on_every_isa() {
+                let all: Vec<m::Int8Kernels> = crate::Int8Isa::all()
+                    .iter()
+                    .filter_map(|&isa| m::Int8Kernels::for_isa(isa))
+                    .collect();
+                assert!(all.iter().all(|k| k.isa().is_supported()));
+                assert!(all.iter().any(|k| k.isa() == crate::Int8Isa::Portable));
+                let cfg = ::model_config::ModelConfig::from_toml_str(m::CONFIG_TOML).expect("CONFIG_TOML parses");
+                assert_eq!((m::Q8_GROUP, m::Q4_GROUP), ::model_config::tiled::int8_groups(&cfg));
+                for kernels in &all {
+                    let isa = kernels.isa();
+                    for &(rows, cols) in m::Q8_SHAPES {
+                        let label = format!("{} q8 {rows}x{cols} group {} on {isa}", $name, m::Q8_GROUP);
+                        let mut rng = Rng::for_test(&label);
+                        let k = kernels.q8(rows, cols, m::Q8_GROUP).expect("a kernel for every listed shape");
+                        assert!(kernels.q8(rows, cols, m::Q8_GROUP * 2).is_none(), "{label}: other group");
+                        check_q8(&label, &mut rng, rows, cols, m::Q8_GROUP, |w, ws, x, xs, out| k.run(w, ws, x, xs, out));
+                    }
+                    for &(rows, cols) in m::Q4_SHAPES {
+                        let label = format!("{} q4 {rows}x{cols} group {} on {isa}", $name, m::Q4_GROUP);
+                        let mut rng = Rng::for_test(&label);
+                        let k = kernels.q4(rows, cols, m::Q4_GROUP).expect("a kernel for every listed shape");
+                        check_q4(&label, &mut rng, rows, cols, m::Q4_GROUP, |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out));
+                    }
+                    // Exactly the shapes whose rows are whole chunks are listed.
+                    for s in cfg.gemv_shapes() {
+                        assert_eq!(
+                            m::Q8_SHAPES.contains(&(s.rows, s.cols)),
+                            ::model_config::tiled::q8_tiles(s.cols, m::Q8_GROUP),
+                            "{} q8 {s}", $name
+                        );
+                        assert_eq!(
+                            m::Q4_SHAPES.contains(&(s.rows, s.cols)),
+                            ::model_config::tiled::q4_tiles(s.cols, m::Q4_GROUP),
+                            "{} q4 {s}", $name
+                        );
+                    }
                 }
             }
 

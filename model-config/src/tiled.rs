@@ -105,7 +105,10 @@ pub fn tile_q8(
     out_q: &mut [i8],
     out_scales: &mut [f32],
 ) {
-    assert!(q8_tiles(cols, group), "{cols} columns, group {group}: not tiled");
+    assert!(
+        q8_tiles(cols, group),
+        "{cols} columns, group {group}: not tiled"
+    );
     assert!(q.len().is_multiple_of(cols), "Q8_0 data is not whole rows");
     let rows = q.len() / cols;
     let per_block = BLOCK / group;
@@ -143,9 +146,15 @@ pub fn tile_q4(
     out_q: &mut [u8],
     out_scales: &mut [f32],
 ) {
-    assert!(q4_tiles(cols, group), "{cols} columns, group {group}: not tiled");
+    assert!(
+        q4_tiles(cols, group),
+        "{cols} columns, group {group}: not tiled"
+    );
     let row_bytes = cols / 2;
-    assert!(q.len().is_multiple_of(row_bytes), "Q4_0 data is not whole rows");
+    assert!(
+        q.len().is_multiple_of(row_bytes),
+        "Q4_0 data is not whole rows"
+    );
     let rows = q.len() / row_bytes;
     let per_chunk = 2 * BLOCK / group;
     assert_eq!(scales.len(), rows * cols / group, "Q4_0 scale count");

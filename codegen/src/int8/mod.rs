@@ -241,9 +241,7 @@ fn body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
         "Kept opaque per tile, as in the f32 kernels: otherwise LLVM hoists the prepared \
          input blocks out of the tile loop and serialises the rows.",
     );
-    let rest = comment(&format!(
-        "Rows past the last full tile are stored one by one (tiles of one row)."
-    ));
+    let rest = comment("Rows past the last full tile are stored one by one (tiles of one row).");
     let safety = comment(&format!(
         "SAFETY: the lengths are checked above: each tile is {} bytes and {} scales, each \
          single row {bytes_per_row} bytes and {} scales, and every offset below is a literal \

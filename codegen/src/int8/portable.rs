@@ -83,7 +83,7 @@ impl Int8Emitter for Portable {
                     let mut dots = [0i32; #n_lit];
                     for (lane, (wl, xl)) in w.chunks_exact(4).zip(x.chunks_exact(4)).enumerate() {
                         let dot: i32 = wl.iter().zip(xl).map(|(&a, &b)| a as i32 * b as i32).sum();
-                        dots[lane % #n_lit] += dot;
+                        dots[lane % dots.len()] += dot;
                     }
                     let mut acc = acc;
                     for ((&dot, &xs), &ws) in dots.iter().zip(&x_scales).zip(&w_scales) {
@@ -134,7 +134,7 @@ impl Int8Emitter for Portable {
                                 .zip(xl)
                                 .map(|(&b, &v)| ((b >> shift) & 0x0F) as i32 * v as i32)
                                 .sum();
-                            dots[lane % #n_lit] += dot + corr[lane];
+                            dots[lane % dots.len()] += dot + corr[lane];
                         }
                         for ((&dot, &xs), &ws) in dots.iter().zip(&x_scales).zip(&w_scales) {
                             acc += dot as f32 * (xs * ws);

@@ -2012,3 +2012,54 @@ impl RmsNorm<64> for Kernels {
         unsafe { (self.rmsnorm)(out, x, weight) }
     }
 }
+
+/// The Q8_0 group size the int8 kernels are compiled for.
+pub const Q8_GROUP: usize = 4;
+
+/// The Q4_0 group size the 4-bit kernels are compiled for.
+pub const Q4_GROUP: usize = 4;
+
+/// Shapes (rows, cols) with a tiled Q8_0 kernel.
+pub const Q8_SHAPES: &[(usize, usize)] = &[];
+
+/// Shapes (rows, cols) with a tiled Q4_0 kernel.
+pub const Q4_SHAPES: &[(usize, usize)] = &[];
+
+/// The int8 kernels of one instruction set for the tiled Q8_0 and Q4_0 layout
+/// (`model_config::tiled`): a shape has a kernel when its rows are whole chunks at
+/// the compiled group size ([`Q8_SHAPES`], [`Q4_SHAPES`]). Other matrices, and
+/// files with another group size, run on the engine's runtime-shape kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8Kernels {
+    isa: crate::Int8Isa,
+}
+impl Int8Kernels {
+    /// The kernels of `isa`, or `None` if none were generated for it or this CPU cannot run them.
+    pub fn for_isa(isa: crate::Int8Isa) -> Option<Int8Kernels> {
+        let available = match isa {
+            #[cfg(target_arch = "x86_64")]
+            crate::Int8Isa::Avx512Vnni => isa.is_supported(),
+            crate::Int8Isa::Portable => isa.is_supported(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        };
+        available.then_some(Int8Kernels { isa })
+    }
+
+    /// The instruction set.
+    pub fn isa(&self) -> crate::Int8Isa {
+        self.isa
+    }
+
+    /// The Q8_0 kernel for a `rows`×`cols` matrix with groups of `group`, if generated.
+    pub fn q8(&self, rows: usize, cols: usize, group: usize) -> Option<crate::Q8Gemv> {
+        let _ = (self, rows, cols, group);
+        None
+    }
+
+    /// The Q4_0 kernel for a `rows`×`cols` matrix with groups of `group`, if generated.
+    pub fn q4(&self, rows: usize, cols: usize, group: usize) -> Option<crate::Q4Gemv> {
+        let _ = (self, rows, cols, group);
+        None
+    }
+}
