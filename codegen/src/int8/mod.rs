@@ -10,7 +10,9 @@
 //! kernel reads each matrix front to back as one stream, with a software prefetch
 //! [`PREFETCH_BYTES`] ahead.
 
+pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod neon;
 pub(crate) mod portable;
 
 use model_config::tiled::{int8_groups, q4_tiles, q8_tiles, BLOCK, TILE_ROWS};
@@ -429,9 +431,13 @@ pub(crate) fn items(cfg: &ModelConfig) -> TokenStream {
     let modules = [
         module::<portable::Portable>(&plan),
         module::<avx512::Avx512Vnni>(&plan),
+        module::<avx2::Avx2>(&plan),
+        module::<neon::NeonDotprod>(&plan),
     ];
     let isas = [
         emitted::<avx512::Avx512Vnni>(),
+        emitted::<avx2::Avx2>(),
+        emitted::<neon::NeonDotprod>(),
         emitted::<portable::Portable>(),
     ];
     let table = table(&plan, &isas);

@@ -2039,6 +2039,10 @@ impl Int8Kernels {
         let available = match isa {
             #[cfg(target_arch = "x86_64")]
             crate::Int8Isa::Avx512Vnni => isa.is_supported(),
+            #[cfg(target_arch = "x86_64")]
+            crate::Int8Isa::Avx2 => isa.is_supported(),
+            #[cfg(target_arch = "aarch64")]
+            crate::Int8Isa::NeonDotprod => isa.is_supported(),
             crate::Int8Isa::Portable => isa.is_supported(),
             #[allow(unreachable_patterns)]
             _ => false,
