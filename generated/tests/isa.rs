@@ -22,6 +22,17 @@ fn for_isa_succeeds_exactly_when_the_cpu_supports_it() {
 }
 
 #[test]
+fn every_supported_int8_isa_has_generated_kernels() {
+    for &isa in generated::Int8Isa::all() {
+        let kernels = generated::Int8Kernels::for_isa(isa);
+        assert_eq!(kernels.is_some(), isa.is_supported(), "{isa}");
+        if let Some(k) = kernels {
+            assert_eq!(k.isa(), isa);
+        }
+    }
+}
+
+#[test]
 fn best_is_the_preferred_supported_isa() {
     // Nothing better than the chosen ISA is supported.
     let order = [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable];
