@@ -362,7 +362,7 @@ impl Backend {
             .expect(TILED_KERNEL);
         self.for_row_blocks(out, &|r, out| {
             let w = w.rows(r, cols);
-            kernel.run(w.q, w.scales, xt.q, x.scales, out)
+            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr, out)
         });
     }
 

@@ -278,7 +278,7 @@ pub struct GemvInput<'a> {
 pub struct TiledInput<'a> {
     /// The int8 values, each 64-value block permuted as the tiled weights.
     pub q: &'a [i8],
-    /// `-8 · Σ` of each four values (Q4_0 models; empty for Q8_0).
+    /// `-offset · Σ` of each four values (`model_config::tiled::input_correction`).
     pub corr: &'a [i32],
 }
 
@@ -327,9 +327,7 @@ impl InputQuantizer {
         self.tiled = true;
         self.positions = model_config::tiled::block_positions(group);
         self.tiled_q = AlignedBytes::zeros(self.q.len());
-        if self.q4 {
-            self.corr = vec![0; self.q.len() / 4];
-        }
+        self.corr = vec![0; self.q.len() / 4];
     }
 
     /// `x` as a GEMV input: for Q8_0, quantised (activation rounding) into the buffer.
@@ -349,13 +347,13 @@ impl InputQuantizer {
         let tiled = (self.tiled && x.len().is_multiple_of(model_config::tiled::BLOCK)).then(|| {
             let tq = &mut self.tiled_q.as_i8_mut()[..x.len()];
             model_config::tiled::tile_input_with(q, &self.positions, tq);
-            let corr = if self.q4 {
-                let corr = &mut self.corr[..x.len() / 4];
-                model_config::tiled::input_correction(tq, corr);
-                &*corr
+            let offset = if self.q4 {
+                model_config::tiled::Q4_OFFSET
             } else {
-                &[][..]
+                model_config::tiled::Q8_OFFSET
             };
+            let corr = &mut self.corr[..x.len() / 4];
+            model_config::tiled::input_correction(tq, offset, corr);
             TiledInput { q: tq, corr }
         });
         GemvInput {

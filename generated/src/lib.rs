@@ -180,9 +180,9 @@ impl fmt::Display for Int8Isa {
     }
 }
 
-/// A generated Q8_0 kernel: `(w, w_scales, x, x_scales, out)`, all tiled
+/// A generated Q8_0 kernel: `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled
 /// (`model_config::tiled`).
-pub type Q8GemvFn = unsafe fn(&[i8], &[f32], &[i8], &[f32], &mut [f32]);
+pub type Q8GemvFn = unsafe fn(&[i8], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
 
 /// A generated Q4_0 kernel: `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled.
 pub type Q4GemvFn = unsafe fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
@@ -200,14 +200,23 @@ impl Q8Gemv {
     }
 
     /// `out = W · x` for a block of rows starting on a tile boundary: `w` and `w_scales` are
-    /// that block of the tiled matrix, `x` and `x_scales` the tiled input.
+    /// that block of the tiled matrix, `x` and `x_scales` the tiled input, `corr` its lane
+    /// corrections (`model_config::tiled::input_correction` with `Q8_OFFSET`).
     ///
     /// # Panics
     /// If a length does not match the kernel's shape.
     #[inline]
-    pub fn run(&self, w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], out: &mut [f32]) {
+    pub fn run(
+        &self,
+        w: &[i8],
+        w_scales: &[f32],
+        x: &[i8],
+        x_scales: &[f32],
+        corr: &[i32],
+        out: &mut [f32],
+    ) {
         // SAFETY: `new`'s contract; the kernel checks every length.
-        unsafe { (self.0)(w, w_scales, x, x_scales, out) }
+        unsafe { (self.0)(w, w_scales, x, x_scales, corr, out) }
     }
 }
 
@@ -229,8 +238,7 @@ impl Q4Gemv {
         Self(f)
     }
 
-    /// `out = W · x` as [`Q8Gemv::run`], plus the input's lane corrections
-    /// (`model_config::tiled::input_correction`).
+    /// `out = W · x` as [`Q8Gemv::run`], the corrections made with `Q4_OFFSET`.
     ///
     /// # Panics
     /// If a length does not match the kernel's shape.

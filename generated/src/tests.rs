@@ -277,9 +277,9 @@ fn check_q8(
     rows: usize,
     cols: usize,
     group: usize,
-    kernel: impl Fn(&[i8], &[f32], &[i8], &[f32], &mut [f32]),
+    kernel: impl Fn(&[i8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
 ) {
-    use model_config::tiled::{tile_input, tile_q8};
+    use model_config::tiled::{input_correction, tile_input, tile_q8, Q8_OFFSET};
     let q: Vec<i8> = (0..rows * cols)
         .map(|_| (rng.value() * 127.0).round() as i8)
         .collect();
@@ -291,8 +291,10 @@ fn check_q8(
     let (mut tq, mut ts, mut tx) = (vec![0i8; q.len()], vec![0f32; ws.len()], vec![0i8; cols]);
     tile_q8(&q, &ws, cols, group, &mut tq, &mut ts);
     tile_input(&xq, group, &mut tx);
+    let mut corr = vec![0i32; cols / 4];
+    input_correction(&tx, Q8_OFFSET, &mut corr);
     check_int8_blocks(label, rows, cols, cols / group, &expected, |b, s, out| {
-        kernel(&tq[b], &ts[s], &tx, &xs, out)
+        kernel(&tq[b], &ts[s], &tx, &xs, &corr, out)
     });
 }
 
@@ -305,7 +307,7 @@ fn check_q4(
     group: usize,
     kernel: impl Fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
 ) {
-    use model_config::tiled::{input_correction, tile_input, tile_q4};
+    use model_config::tiled::{input_correction, tile_input, tile_q4, Q4_OFFSET};
     let q: Vec<i8> = (0..rows * cols)
         .map(|_| ((rng.value() * 8.0).floor() as i8).clamp(-8, 7))
         .collect();
@@ -326,7 +328,7 @@ fn check_q4(
     tile_q4(&packed, &ws, cols, group, &mut tq, &mut ts);
     tile_input(&xq, group, &mut tx);
     let mut corr = vec![0i32; cols / 4];
-    input_correction(&tx, &mut corr);
+    input_correction(&tx, Q4_OFFSET, &mut corr);
     check_int8_blocks(
         label,
         rows,
@@ -413,7 +415,7 @@ macro_rules! model_tests {
                         let mut rng = Rng::for_test(&label);
                         let k = kernels.q8(rows, cols, m::Q8_GROUP).expect("a kernel for every listed shape");
                         assert!(kernels.q8(rows, cols, m::Q8_GROUP * 2).is_none(), "{label}: other group");
-                        check_q8(&label, &mut rng, rows, cols, m::Q8_GROUP, |w, ws, x, xs, out| k.run(w, ws, x, xs, out));
+                        check_q8(&label, &mut rng, rows, cols, m::Q8_GROUP, |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out));
                     }
                     for &(rows, cols) in m::Q4_SHAPES {
                         let label = format!("{} q4 {rows}x{cols} group {} on {isa}", $name, m::Q4_GROUP);

@@ -18,9 +18,12 @@
 //!   one row). A block of rows starting on a tile boundary therefore starts at `row · cols`
 //!   bytes (Q8_0), `row · cols / 2` (Q4_0) and `row · cols / group` scales, as untiled.
 //! * **Scales** follow the same order: per tile, per chunk, per row, that chunk's groups.
-//! * **Q4 values** are stored as unsigned nibbles `q + 8` (as in baremetal v3); the kernels
-//!   multiply the nibbles by the signed input and add back `-8 · Σ x` per lane, which the
-//!   input carries precomputed ([`input_correction`]).
+//! * **Values are unsigned with an offset**: Q8_0 bytes hold `q + 128` (`q ^ 0x80`), Q4_0
+//!   nibbles `q + 8` (as in baremetal v3). VNNI's `vpdpbusd` multiplies an unsigned by a signed
+//!   byte, so the weights are the unsigned side and the input stays as it is; each lane starts
+//!   from `-offset · Σ x` over its four values, which the input carries precomputed
+//!   ([`input_correction`]), and ends with `Σ q · x`. Without VNNI, kernels turn the byte back
+//!   into `q` with one XOR (Q8_0).
 //!
 //! Only shapes whose rows are whole chunks and whose group is 16, 32 or 64 are tiled
 //! ([`q8_tiles`], [`q4_tiles`]); other matrices keep the file's layout and run on the
@@ -92,8 +95,14 @@ fn tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> {
         .chain((full * TILE_ROWS..rows).map(|r| (r, 1)))
 }
 
+/// The offset added to Q8_0 values in the tiled layout (stored as `q ^ 0x80`).
+pub const Q8_OFFSET: i32 = 128;
+/// The offset of Q4_0 nibbles.
+pub const Q4_OFFSET: i32 = 8;
+
 /// Rearranges a row-major Q8_0 matrix (`q`: rows × `cols`, `scales`: one per `group`) into
-/// the tiled layout, writing `out_q` and `out_scales` (same lengths as the inputs).
+/// the tiled layout (values as `q + 128`), writing `out_q` and `out_scales` (same lengths as
+/// the inputs).
 ///
 /// # Panics
 /// If the shape is not tiled ([`q8_tiles`]) or a length is wrong.
@@ -122,7 +131,7 @@ pub fn tile_q8(
                 let src = &q[r * cols + chunk * BLOCK..][..BLOCK];
                 let dst = &mut out_q[at..at + BLOCK];
                 for (e, &v) in src.iter().enumerate() {
-                    dst[position[e]] = v;
+                    dst[position[e]] = v ^ i8::MIN;
                 }
                 at += BLOCK;
                 let g0 = (r * cols + chunk * BLOCK) / group;
@@ -202,12 +211,13 @@ pub fn tile_input_with(x: &[i8], positions: &[u8; BLOCK], out: &mut [i8]) {
     }
 }
 
-/// `-8 · Σ` of each lane's four values of a tiled input: the term that turns a dot product
-/// of unsigned nibbles `q + 8` into one of `q` (one i32 per four values).
-pub fn input_correction(tiled_x: &[i8], out: &mut [i32]) {
+/// `-offset · Σ` of each lane's four values of a tiled input: the term that turns a dot
+/// product of unsigned `q + offset` ([`Q8_OFFSET`], [`Q4_OFFSET`]) into one of `q` (one i32
+/// per four values).
+pub fn input_correction(tiled_x: &[i8], offset: i32, out: &mut [i32]) {
     assert_eq!(out.len() * 4, tiled_x.len());
     for (o, lane) in out.iter_mut().zip(tiled_x.chunks_exact(4)) {
-        *o = -8 * lane.iter().map(|&v| v as i32).sum::<i32>();
+        *o = -offset * lane.iter().map(|&v| v as i32).sum::<i32>();
     }
 }
 
@@ -253,12 +263,18 @@ mod tests {
         // Tile 0, chunk 1, row 2 starts at (1 * 4 + 2) * 64.
         let at = (4 + 2) * BLOCK;
         for e in 0..BLOCK {
-            assert_eq!(tq[at + block_position(e, group)], q[2 * cols + BLOCK + e]);
+            assert_eq!(
+                tq[at + block_position(e, group)],
+                q[2 * cols + BLOCK + e] ^ i8::MIN
+            );
         }
         // Its scales: row 2's groups 2 and 3.
         assert_eq!(&ts[(4 + 2) * 2..][..2], &[2.0 * 4.0 + 2.0, 2.0 * 4.0 + 3.0]);
         // Rows 4 and 5 are single-row tiles, stored as untiled rows but permuted.
-        assert_eq!(tq[4 * cols + block_position(5, group)], q[4 * cols + 5]);
+        assert_eq!(
+            tq[4 * cols + block_position(5, group)],
+            q[4 * cols + 5] ^ i8::MIN
+        );
         assert_eq!(ts[4 * cols / group..], scales[4 * cols / group..]);
     }
 

@@ -102,12 +102,14 @@ impl Int8Emitter for Avx2 {
                 "Lane i of the second half is block lane 8 + i: the same group, since the \
                  period divides 8.",
             );
+            let unoffset = comment("The tiled bytes are q + 128: XOR 0x80 gives q back.");
             quote! {
                 #[doc = " A block of the input as `vpmaddubsw` takes it: `|x|` (≤ 127, so valid as u8)"]
-                #[doc = " and x itself for its sign, each as two halves."]
+                #[doc = " and x itself for its sign, each as two halves. The lane corrections are for"]
+                #[doc = " `vpdpbusd`; here the weights are turned back into q instead."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn x_block(p: *const i8) -> ([__m256i; 2], [__m256i; 2]) {
+                unsafe fn x_block(p: *const i8, _corr: *const i32) -> ([__m256i; 2], [__m256i; 2]) {
                     let x = [
                         _mm256_loadu_si256(p.cast()),
                         _mm256_loadu_si256(p.add(32).cast()),
@@ -129,8 +131,12 @@ impl Int8Emitter for Avx2 {
                     #sign
                     let (x_abs, x_sign) = x;
                     let ones = _mm256_set1_epi16(1);
-                    let w_low = _mm256_sign_epi8(_mm256_loadu_si256(w.cast()), x_sign[0]);
-                    let w_high = _mm256_sign_epi8(_mm256_loadu_si256(w.add(32).cast()), x_sign[1]);
+                    #unoffset
+                    let flip = _mm256_set1_epi8(i8::MIN);
+                    let w_low = _mm256_xor_si256(_mm256_loadu_si256(w.cast()), flip);
+                    let w_high = _mm256_xor_si256(_mm256_loadu_si256(w.add(32).cast()), flip);
+                    let w_low = _mm256_sign_epi8(w_low, x_sign[0]);
+                    let w_high = _mm256_sign_epi8(w_high, x_sign[1]);
                     let dot_low = _mm256_madd_epi16(_mm256_maddubs_epi16(x_abs[0], w_low), ones);
                     let dot_high = _mm256_madd_epi16(_mm256_maddubs_epi16(x_abs[1], w_high), ones);
                     #halves

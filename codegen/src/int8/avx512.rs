@@ -43,8 +43,8 @@ impl Int8Emitter for Avx512Vnni {
     const FEATURES: Option<&'static str> = Some(FEATURES);
     const REQUIREMENT: &'static str = "AVX-512F, AVX-512BW and AVX-512 VNNI";
     const DOC: &'static str = "AVX-512 VNNI int8 kernels: `vpdpbusd` on 64-value blocks, the \
-        weights given the input's sign so that the unsigned operand is `|x|` (Q8_0), or the \
-        unsigned nibbles directly (Q4_0).";
+        unsigned operand being the offset weights (Q8_0 bytes `q + 128`, Q4_0 nibbles `q + 8`) \
+        and each lane starting from the input's correction.";
 
     const PREFETCHES: bool = true;
 
@@ -85,33 +85,31 @@ impl Int8Emitter for Avx512Vnni {
         };
         let q8 = q8_period.map(|n| {
             let bn = ident(&format!("broadcast{n}"));
-            let sign = comment("`vpdpbusd` wants one unsigned operand: |x|, with x's sign moved onto w.");
+            let offset = comment(
+                "The weights are q + 128 (unsigned, as `vpdpbusd` wants one side): starting \
+                 each lane at -128·Σx leaves Σ q·x.",
+            );
             quote! {
-                #[doc = " A block of the input as `vpdpbusd` takes it: `|x|` (≤ 127, so valid as u8) and"]
-                #[doc = " the mask of negative lanes."]
+                #[doc = " A block of the input and its lane corrections `-128 · Σ x`."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn x_block(p: *const i8) -> (__m512i, __mmask64) {
-                    let x = _mm512_loadu_si512(p.cast());
-                    (_mm512_abs_epi8(x), _mm512_movepi8_mask(x))
+                unsafe fn x_block(p: *const i8, corr: *const i32) -> (__m512i, __m512i) {
+                    (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(corr.cast()))
                 }
 
-                #[doc = " `acc + Σ w·x · w_scale · x_scale` per lane for one 64-value block of a row."]
+                #[doc = " `acc + Σ q·x · w_scale · x_scale` per lane for one 64-value block of a row."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
                 unsafe fn q8_block(
                     acc: __m512,
-                    x: (__m512i, __mmask64),
+                    x: (__m512i, __m512i),
                     x_scales: __m512,
                     w: *const i8,
                     w_scales: *const f32,
                 ) -> __m512 {
                     prefetch(w);
-                    #sign
-                    let (x_abs, x_negative) = x;
-                    let w = _mm512_loadu_si512(w.cast());
-                    let w = _mm512_mask_sub_epi8(w, x_negative, _mm512_setzero_si512(), w);
-                    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x_abs, w);
+                    #offset
+                    let dot = _mm512_dpbusd_epi32(x.1, _mm512_loadu_si512(w.cast()), x.0);
                     let scales = _mm512_mul_ps(x_scales, #bn(w_scales));
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc)
                 }

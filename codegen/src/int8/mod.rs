@@ -75,7 +75,8 @@ impl Int8Plan {
 /// An instruction set's int8 vocabulary. The helpers it emits must be:
 ///
 /// * `zero() -> Acc`, `hsum(Acc) -> f32`: the per-row accumulator and its total;
-/// * `x_block(*const i8) -> X`: one 64-value block of the tiled input, prepared once per tile;
+/// * `x_block(*const i8, *const i32) -> X`: one 64-value block of the tiled input and its
+///   `-128 · Σ x` lane corrections, prepared once per tile (Q8_0);
 /// * `x4_block(*const i8, *const i32) -> X4`: the same for Q4_0, with the block's
 ///   `-8 · Σ x` lane corrections;
 /// * `broadcastN(*const f32) -> S` for each period N used: N floats repeated over the lanes;
@@ -161,11 +162,11 @@ fn rows_body(
             let (x, s) = (ident(&format!("x{b}")), ident(&format!("xs{b}")));
             let xat = at(&xp, b * BLOCK);
             let sat = at(&xsp, b * period);
+            let cat = at(&cp, b * BLOCK / 4);
             if q4 {
-                let cat = at(&cp, b * BLOCK / 4);
                 body.push(quote!(let #x = x4_block(#xat, #cat);));
             } else {
-                body.push(quote!(let #x = x_block(#xat);));
+                body.push(quote!(let #x = x_block(#xat, #cat);));
             }
             body.push(quote!(let #s = #broadcast(#sat);));
         }
@@ -221,17 +222,13 @@ fn body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
     let feats = features::<E>();
     let tile = rows_body(q4, cols, period, TILE_ROWS, &quote!(t * #tile_rows));
     let single = rows_body(q4, cols, period, 1, &quote!(r));
-    // Q4_0 also takes the input's lane corrections: one i32 per four values.
-    let (wt, corr_param, corr_ptr, format) = if q4 {
-        let n = lit(cols / 4);
-        (
-            quote!(u8),
-            quote!(corr: &[i32; #n],),
-            quote!(let cp = corr.as_ptr();),
-            "Q4_0",
-        )
+    // The input's lane corrections: one i32 per four values.
+    let n = lit(cols / 4);
+    let (corr_param, corr_ptr) = (quote!(corr: &[i32; #n],), quote!(let cp = corr.as_ptr();));
+    let (wt, format) = if q4 {
+        (quote!(u8), "Q4_0")
     } else {
-        (quote!(i8), quote!(), quote!(), "Q8_0")
+        (quote!(i8), "Q8_0")
     };
     let docs = doc(&format!(
         "{format} `out = W · x` for any number of rows of {cols} columns, tiled, groups of \
@@ -325,14 +322,10 @@ fn wrapper<E: Int8Emitter>(q4: bool, shape: &Shape, group: usize) -> TokenStream
         safety_doc::<E>()
     ));
     let wrong = "input length does not match the kernel's shape";
-    let (corr_param, corr_arg) = if q4 {
-        (
-            quote!(corr: &[i32],),
-            quote!(corr.try_into().expect(#wrong),),
-        )
-    } else {
-        (quote!(), quote!())
-    };
+    let (corr_param, corr_arg) = (
+        quote!(corr: &[i32],),
+        quote!(corr.try_into().expect(#wrong),),
+    );
     let call_safety = comment("SAFETY: this function's contract is the body's.");
     quote! {
         #docs

@@ -111,11 +111,14 @@ impl Int8Emitter for NeonDotprod {
         };
         let q8 = q8_period.map(|n| {
             let bn = ident(&format!("broadcast{n}"));
+            let unoffset = crate::emit::comment(
+                "The tiled bytes are q + 128: XOR 0x80 gives q back for the signed `sdot`.",
+            );
             quote! {
-                #[doc = " One 64-value block of the input."]
+                #[doc = " One 64-value block of the input (the lane corrections are for `vpdpbusd`)."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn x_block(p: *const i8) -> int8x16x4_t {
+                unsafe fn x_block(p: *const i8, _corr: *const i32) -> int8x16x4_t {
                     vld1q_s8_x4(p)
                 }
 
@@ -129,7 +132,16 @@ impl Int8Emitter for NeonDotprod {
                     w: *const i8,
                     w_scales: *const f32,
                 ) -> float32x4_t {
-                    let dot = block_dot(vdupq_n_s32(0), vld1q_s8_x4(w), x);
+                    #unoffset
+                    let w = vld1q_s8_x4(w);
+                    let flip = vdupq_n_s8(i8::MIN);
+                    let w = int8x16x4_t(
+                        veorq_s8(w.0, flip),
+                        veorq_s8(w.1, flip),
+                        veorq_s8(w.2, flip),
+                        veorq_s8(w.3, flip),
+                    );
+                    let dot = block_dot(vdupq_n_s32(0), w, x);
                     let scales = vmulq_f32(x_scales, #bn(w_scales));
                     vfmaq_f32(acc, vcvtq_f32_s32(dot), scales)
                 }

@@ -63,9 +63,9 @@ impl Int8Emitter for Portable {
             let bn = ident(&format!("broadcast{n}"));
             let n_lit = lit(n);
             quote! {
-                #[doc = " One 64-value block of the input."]
+                #[doc = " One 64-value block of the input (the lane corrections are for `vpdpbusd`)."]
                 #[inline]
-                unsafe fn x_block(p: *const i8) -> [i8; 64] {
+                unsafe fn x_block(p: *const i8, _corr: *const i32) -> [i8; 64] {
                     unsafe { p.cast::<[i8; 64]>().read_unaligned() }
                 }
 
@@ -79,10 +79,11 @@ impl Int8Emitter for Portable {
                     w: *const i8,
                     w_scales: *const f32,
                 ) -> f32 {
-                    let (w, w_scales) = unsafe { (x_block(w), #bn(w_scales)) };
+                    let (w, w_scales) = unsafe { (w.cast::<[i8; 64]>().read_unaligned(), #bn(w_scales)) };
                     let mut dots = [0i32; #n_lit];
                     for (lane, (wl, xl)) in w.chunks_exact(4).zip(x.chunks_exact(4)).enumerate() {
-                        let dot: i32 = wl.iter().zip(xl).map(|(&a, &b)| a as i32 * b as i32).sum();
+                        // The tiled bytes are q + 128: XOR 0x80 gives q back.
+                        let dot: i32 = wl.iter().zip(xl).map(|(&a, &b)| (a ^ i8::MIN) as i32 * b as i32).sum();
                         dots[lane % dots.len()] += dot;
                     }
                     let mut acc = acc;
