@@ -92,10 +92,10 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
         }
         c += vecs * W;
     }
-    for c in full..n {
-        out[c] = weights
+    for (c, o) in out.iter_mut().enumerate().skip(full) {
+        *o = weights
             .iter()
-            .zip(rows[c..].iter().step_by(n))
+            .zip(rows.iter().skip(c).step_by(n))
             .map(|(w, v)| w * v)
             .sum();
     }
