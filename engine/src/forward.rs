@@ -31,8 +31,9 @@ pub fn forward<'s>(
     );
     let hs = c.head_dim();
     let kv_group = c.kv_group();
-    // run.c divides by sqrtf(head_size); dividing (not multiplying by the inverse) keeps us bit-close.
-    let sqrt_hs = (hs as f32).sqrt();
+    // run.c divides each score by sqrtf(head_size); the softmax folds in this inverse instead,
+    // exact for power-of-four head sizes (64 → 1/8) and within an ulp of the argument otherwise.
+    let inv_sqrt_hs = 1.0 / (hs as f32).sqrt();
 
     // The embedding row (dequantised, for Q8_0).
     w.token_embedding.row_into(token, &mut s.x);
@@ -78,7 +79,7 @@ pub fn forward<'s>(
                     &q[h * hs..(h + 1) * hs],
                     &keys[kv.clone()],
                     &values[kv],
-                    sqrt_hs,
+                    inv_sqrt_hs,
                     att,
                     out,
                 );
@@ -114,33 +115,16 @@ fn attend(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    sqrt_hs: f32,
+    inv_sqrt_hs: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
     // The scores are a GEMV: one row per position, head_dim columns.
     kernels.matmul(att, keys, q);
-    att.iter_mut().for_each(|a| *a /= sqrt_hs);
-    softmax(att);
-    out.fill(0.0);
-    for (&a, value) in att.iter().zip(values.chunks_exact(out.len())) {
-        for (o, &v) in out.iter_mut().zip(value) {
-            *o += a * v;
-        }
-    }
+    kernels.softmax(att, inv_sqrt_hs);
+    kernels.weighted_sum(out, att, values);
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-/// In-place softmax (max-subtracted, as llama2.c).
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    x.iter_mut().for_each(|v| *v /= sum);
 }

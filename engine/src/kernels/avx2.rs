@@ -83,3 +83,170 @@ unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub unsafe fn sum_squares(x: &[f32]) -> f32 {
     dot(x, x)
 }
+
+/// Lanes `0..k` set (sign bit), for `_mm256_maskload_ps`/`_mm256_maskstore_ps`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lane_mask(k: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(k as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// # Safety
+/// AVX2 and FMA must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    let n = out.len();
+    let mut c = 0;
+    // Up to four output vectors stay in registers while every row streams past once; a
+    // longer output takes several passes over the rows, each on its own columns.
+    while c < n {
+        let left = n - c;
+        let vecs = left.div_ceil(W).min(4);
+        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
+        if left >= vecs * W {
+            match vecs {
+                1 => weighted_block::<1, false>(o, weights, p, n, left),
+                2 => weighted_block::<2, false>(o, weights, p, n, left),
+                3 => weighted_block::<3, false>(o, weights, p, n, left),
+                _ => weighted_block::<4, false>(o, weights, p, n, left),
+            }
+        } else {
+            match vecs {
+                1 => weighted_block::<1, true>(o, weights, p, n, left),
+                2 => weighted_block::<2, true>(o, weights, p, n, left),
+                3 => weighted_block::<3, true>(o, weights, p, n, left),
+                _ => weighted_block::<4, true>(o, weights, p, n, left),
+            }
+        }
+        c += vecs * W;
+    }
+}
+
+/// `V` output vectors at `out` summed over all rows; with `TAIL` the last vector holds only
+/// `left % W` columns and is loaded and stored masked. `rows` points at this block's columns
+/// of row 0 and rows are `stride` apart.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_block<const V: usize, const TAIL: bool>(
+    out: *mut f32,
+    weights: &[f32],
+    rows: *const f32,
+    stride: usize,
+    left: usize,
+) {
+    let mask = lane_mask(left % W);
+    let load = |p: *const f32, v: usize| {
+        if TAIL && v + 1 == V {
+            _mm256_maskload_ps(p.add(v * W), mask)
+        } else {
+            _mm256_loadu_ps(p.add(v * W))
+        }
+    };
+    // Two accumulator sets (even and odd rows) so consecutive FMAs into one register are not
+    // back to back: one set alone would be bound by FMA latency, not by the loads.
+    let mut a = [_mm256_setzero_ps(); V];
+    let mut b = [_mm256_setzero_ps(); V];
+    let mut r = 0;
+    while r + 2 <= weights.len() {
+        let p0 = rows.add(r * stride);
+        let p1 = p0.add(stride);
+        let w0 = _mm256_set1_ps(*weights.get_unchecked(r));
+        let w1 = _mm256_set1_ps(*weights.get_unchecked(r + 1));
+        for v in 0..V {
+            a[v] = _mm256_fmadd_ps(load(p0, v), w0, a[v]);
+            b[v] = _mm256_fmadd_ps(load(p1, v), w1, b[v]);
+        }
+        r += 2;
+    }
+    if r < weights.len() {
+        let p0 = rows.add(r * stride);
+        let w0 = _mm256_set1_ps(*weights.get_unchecked(r));
+        for (v, acc) in a.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(load(p0, v), w0, *acc);
+        }
+    }
+    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        let s = _mm256_add_ps(x, y);
+        if TAIL && v + 1 == V {
+            _mm256_maskstore_ps(out.add(v * W), mask, s);
+        } else {
+            _mm256_storeu_ps(out.add(v * W), s);
+        }
+    }
+}
+
+/// `e^x` to a few ulp for `x <= 0`; 0 below -87 (where `e^x` would leave the normal range),
+/// so a softmax never produces denormals or NaN from very negative scores.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp(x: __m256) -> __m256 {
+    use super::exp_poly::*;
+    let xc = _mm256_max_ps(x, _mm256_set1_ps(MIN_X));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        xc,
+        _mm256_set1_ps(LOG2E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(P[0]);
+    for &c in &P[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(
+        p,
+        _mm256_mul_ps(r, r),
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    )));
+    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(MIN_X));
+    _mm256_and_ps(keep, _mm256_mul_ps(y, two_n))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hmax(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softmax(x: &mut [f32], scale: f32) {
+    let n = x.len();
+    let full = n / W * W;
+    let p = x.as_mut_ptr();
+    // The tail (< 8) goes through a padded copy: -inf padding is neutral for the max and
+    // becomes exactly 0 in the exponential, so it adds nothing to the sum.
+    let mut tail = [f32::NEG_INFINITY; W];
+    tail[..n - full].copy_from_slice(&x[full..]);
+    let tp = tail.as_mut_ptr();
+    let mut mx = _mm256_loadu_ps(tp);
+    let mut j = 0;
+    while j < full {
+        mx = _mm256_max_ps(mx, _mm256_loadu_ps(p.add(j)));
+        j += W;
+    }
+    let max = _mm256_set1_ps(hmax(mx));
+    let scale = _mm256_set1_ps(scale);
+    let mut sum = _mm256_setzero_ps();
+    for q in (0..full).step_by(W).map(|j| p.add(j)).chain([tp]) {
+        let e = exp(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(q), max), scale));
+        _mm256_storeu_ps(q, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    let inv = 1.0 / hsum(sum);
+    let vinv = _mm256_set1_ps(inv);
+    j = 0;
+    while j < full {
+        _mm256_storeu_ps(p.add(j), _mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vinv));
+        j += W;
+    }
+    for (v, &t) in x[full..].iter_mut().zip(&tail) {
+        *v = t * inv;
+    }
+}

@@ -86,3 +86,145 @@ unsafe fn dot(a: *const f32, b: *const f32, n: usize, mask: __mmask16) -> f32 {
 pub unsafe fn sum_squares(x: &[f32]) -> f32 {
     dot(x.as_ptr(), x.as_ptr(), x.len(), tail_mask(x.len()))
 }
+
+/// # Safety
+/// AVX-512F must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    let n = out.len();
+    let mut c = 0;
+    // Up to four output vectors stay in registers while every row streams past once; a
+    // longer output takes several passes over the rows, each on its own columns.
+    while c < n {
+        let left = n - c;
+        let vecs = left.div_ceil(W).min(4);
+        let last = if left >= vecs * W {
+            !0
+        } else {
+            tail_mask(left)
+        };
+        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
+        match vecs {
+            1 => weighted_block::<1>(o, weights, p, n, last),
+            2 => weighted_block::<2>(o, weights, p, n, last),
+            3 => weighted_block::<3>(o, weights, p, n, last),
+            _ => weighted_block::<4>(o, weights, p, n, last),
+        }
+        c += vecs * W;
+    }
+}
+
+/// `V` output vectors at `out` (the last masked by `last`) summed over all rows; `rows` points
+/// at this block's columns of row 0 and rows are `stride` apart.
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_block<const V: usize>(
+    out: *mut f32,
+    weights: &[f32],
+    rows: *const f32,
+    stride: usize,
+    last: __mmask16,
+) {
+    let mask = |v: usize| if v + 1 == V { last } else { !0 };
+    // Two accumulator sets (even and odd rows) so consecutive FMAs into one register are not
+    // back to back: one set alone would be bound by FMA latency, not by the loads.
+    let mut a = [_mm512_setzero_ps(); V];
+    let mut b = [_mm512_setzero_ps(); V];
+    let mut r = 0;
+    while r + 2 <= weights.len() {
+        let p0 = rows.add(r * stride);
+        let p1 = p0.add(stride);
+        let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
+        let w1 = _mm512_set1_ps(*weights.get_unchecked(r + 1));
+        for v in 0..V {
+            a[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask(v), p0.add(v * W)), w0, a[v]);
+            b[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask(v), p1.add(v * W)), w1, b[v]);
+        }
+        r += 2;
+    }
+    if r < weights.len() {
+        let p0 = rows.add(r * stride);
+        let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
+        for (v, acc) in a.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask(v), p0.add(v * W)), w0, *acc);
+        }
+    }
+    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        _mm512_mask_storeu_ps(out.add(v * W), mask(v), _mm512_add_ps(x, y));
+    }
+}
+
+/// `e^x` to a few ulp for `x <= 0`; 0 below -87 (where `e^x` would leave the normal range),
+/// so a softmax never produces denormals or NaN from very negative scores.
+#[target_feature(enable = "avx512f")]
+unsafe fn exp(x: __m512) -> __m512 {
+    use super::exp_poly::*;
+    let xc = _mm512_max_ps(x, _mm512_set1_ps(MIN_X));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), xc);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(P[0]);
+    for &c in &P[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_fmadd_ps(
+        p,
+        _mm512_mul_ps(r, r),
+        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+    );
+    let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    )));
+    let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(MIN_X));
+    _mm512_maskz_mov_ps(keep, _mm512_mul_ps(y, two_n))
+}
+
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn softmax(x: &mut [f32], scale: f32) {
+    let n = x.len();
+    let full = n / W * W;
+    let mask = tail_mask(n);
+    let p = x.as_mut_ptr();
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut j = 0;
+    while j < full {
+        mx = _mm512_max_ps(mx, _mm512_loadu_ps(p.add(j)));
+        j += W;
+    }
+    if full < n {
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, mask, p.add(full)));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    let scale = _mm512_set1_ps(scale);
+    let mut sum = _mm512_setzero_ps();
+    j = 0;
+    while j < full {
+        let e = exp(_mm512_mul_ps(
+            _mm512_sub_ps(_mm512_loadu_ps(p.add(j)), max),
+            scale,
+        ));
+        _mm512_storeu_ps(p.add(j), e);
+        sum = _mm512_add_ps(sum, e);
+        j += W;
+    }
+    if full < n {
+        let v = _mm512_maskz_loadu_ps(mask, p.add(full));
+        let e = _mm512_maskz_mov_ps(mask, exp(_mm512_mul_ps(_mm512_sub_ps(v, max), scale)));
+        _mm512_mask_storeu_ps(p.add(full), mask, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    j = 0;
+    while j < full {
+        _mm512_storeu_ps(p.add(j), _mm512_mul_ps(_mm512_loadu_ps(p.add(j)), inv));
+        j += W;
+    }
+    if full < n {
+        let v = _mm512_maskz_loadu_ps(mask, p.add(full));
+        _mm512_mask_storeu_ps(p.add(full), mask, _mm512_mul_ps(v, inv));
+    }
+}

@@ -1,7 +1,7 @@
 //! Generic (runtime-shape) kernels: the comparison baseline and the path for any model.
 //!
-//! One file per instruction set, each with the same two functions (`matmul`, `sum_squares`),
-//! chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
+//! One file per instruction set, each with the same functions (`matmul`, `sum_squares`,
+//! `weighted_sum`, `softmax`), chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
 //! kernel is tested against. `q8` holds the int8 kernels for Q8_0 weights.
 
 pub mod q4;
@@ -18,7 +18,28 @@ mod neon;
 
 pub use generated::Isa;
 
-/// Runtime-shape GEMV and RMSNorm for one instruction set, chosen once.
+/// Cephes `expf`, shared by the SIMD softmax kernels: `e^x = 2^n · e^r` with `n = round(x/ln2)`,
+/// `r = x - n·ln2` (ln2 split in two so `n·LN2_HI` is exact) and `e^r ≈ 1 + r + r²·P(r)` on
+/// `|r| <= ln2/2`, about 1 ulp there.
+mod exp_poly {
+    pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub(super) const LN2_HI: f32 = 0.693_359_4;
+    pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// `P(r)`, highest power first.
+    pub(super) const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+    /// Below this `e^x` (< 1.7e-38) is returned as 0: `2^n` stays a normal float for every
+    /// kept input, so no denormals reach the softmax.
+    pub(super) const MIN_X: f32 = -87.0;
+}
+
+/// Runtime-shape GEMV, RMSNorm and the attention helpers for one instruction set, chosen once.
 #[derive(Debug, Clone, Copy)]
 pub struct GenericKernels {
     isa: Isa,
@@ -85,6 +106,53 @@ impl GenericKernels {
         let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
         for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(weight) {
             *o = wi * (scale * xi);
+        }
+    }
+
+    /// `out[c] = Σ_r weights[r] · rows[r · out.len() + c]`: the attention's weighted sum of
+    /// value rows (`rows` row-major, one row of `out.len()` per weight).
+    ///
+    /// # Panics
+    /// When `rows.len() != weights.len() * out.len()`.
+    pub fn weighted_sum(&self, out: &mut [f32], weights: &[f32], rows: &[f32]) {
+        assert_eq!(
+            rows.len(),
+            weights.len() * out.len(),
+            "weighted_sum: rows length is not weights × out"
+        );
+        match self.isa {
+            // SAFETY: as in `matmul`; the assertion bounds every row the kernel reads.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::weighted_sum(out, weights, rows) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::weighted_sum(out, weights, rows) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::weighted_sum(out, weights, rows) },
+            _ => scalar::weighted_sum(out, weights, rows),
+        }
+    }
+
+    /// In-place softmax of `scale · x` (max-subtracted, as llama2.c); `scale` must be positive.
+    ///
+    /// The SIMD paths use a polynomial `exp` (a few ulp) that returns 0 for arguments below
+    /// -87, where the true value is under 1.7e-38 of the largest term.
+    pub fn softmax(&self, x: &mut [f32], scale: f32) {
+        debug_assert!(
+            scale > 0.0,
+            "softmax: the max only commutes with a positive scale"
+        );
+        if x.is_empty() {
+            return;
+        }
+        match self.isa {
+            // SAFETY: as in `matmul`; the kernels touch exactly `x`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::softmax(x, scale) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::softmax(x, scale) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::softmax(x, scale) },
+            _ => scalar::softmax(x, scale),
         }
     }
 }
@@ -171,6 +239,131 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn weighted_sum_matches_f64_reference_over_many_sizes() {
+        let mut rng = Rng::new(0xa77e);
+        let rows_list = [
+            1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 64, 65, 127, 200, 256, 257, 299, 300,
+        ];
+        for k in supported() {
+            for cols in (1..=70).chain([96, 128, 129, 200]) {
+                for &rows in &rows_list {
+                    let w = rng.vec(rows);
+                    let v = rng.vec(rows * cols);
+                    let mut out = rng.vec(cols); // garbage in out must be overwritten
+                    k.weighted_sum(&mut out, &w, &v);
+                    let (want, mag) = reference::weighted_sum(&w, &v, cols);
+                    for c in 0..cols {
+                        check_close(
+                            out[c],
+                            want[c],
+                            mag[c],
+                            &format!("{} weighted_sum {rows}x{cols} col {c}", k.isa()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_sum_of_no_rows_is_zero() {
+        for k in supported() {
+            let mut out = [1.0; 5];
+            k.weighted_sum(&mut out, &[], &[]);
+            assert_eq!(out, [0.0; 5], "{}", k.isa());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "weights × out")]
+    fn weighted_sum_rejects_wrong_lengths() {
+        GenericKernels::detect().weighted_sum(&mut [0.0; 3], &[1.0; 2], &[1.0; 7]);
+    }
+
+    #[test]
+    fn softmax_matches_f64_reference() {
+        let mut rng = Rng::new(0x50f7);
+        // (spread, offset): plain scores, wide ones, scores in -1000..0 where most terms fall
+        // below the exp cut-off, and large positive ones that only survive max subtraction.
+        let inputs = [(1.0, 0.0), (10.0, 0.0), (500.0, -500.0), (5.0, 80.0)];
+        let scales = [1.0, 1.0 / 48f32.sqrt(), 0.125];
+        for k in supported() {
+            for n in (1..=70).chain([127, 128, 255, 256, 257, 1000]) {
+                for &(spread, offset) in &inputs {
+                    for &scale in &scales {
+                        let x: Vec<f32> = rng.vec(n).iter().map(|v| v * spread + offset).collect();
+                        let mut got = x.clone();
+                        k.softmax(&mut got, scale);
+                        let want = reference::softmax(&x, scale as f64);
+                        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                        let what =
+                            format!("{} softmax n={n} spread={spread} scale={scale}", k.isa());
+                        for i in 0..n {
+                            // f32 rounds (x - max) and its product with the scale, each a
+                            // relative 2^-24 of the argument, which e^arg turns into a relative
+                            // error of the result; terms below e^-87 may be flushed to 0.
+                            let arg = (x[i] as f64 - max) * scale as f64;
+                            let tol = want[i] * (1e-5 + arg.abs() * 2f64.powi(-22)) + 2e-38;
+                            assert!(
+                                (got[i] as f64 - want[i]).abs() <= tol,
+                                "{what} i={i}: got {}, want {} (tolerance {tol})",
+                                got[i],
+                                want[i]
+                            );
+                            assert!(
+                                got[i] >= 0.0 && got[i].is_finite(),
+                                "{what} i={i}: got {}",
+                                got[i]
+                            );
+                        }
+                        let sum: f64 = got.iter().map(|&v| v as f64).sum();
+                        assert!((sum - 1.0).abs() <= 1e-5, "{what}: sums to {sum}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_exp_is_within_a_few_ulp() {
+        // softmax([0, a]) = [1, e^a] / (1 + e^a) with every f32 step exact except exp and the
+        // normalisation (sum, reciprocal, product: about 1.5 ulp), so this isolates exp.
+        let mut rng = Rng::new(0xe4);
+        for k in supported() {
+            let mut worst = 0.0f64;
+            for i in 0..20_000 {
+                let a = if i < 870 {
+                    -(i as f32) / 10.0
+                } else {
+                    (rng.uniform() - 1.0) * 43.5
+                };
+                let mut x = [0.0, a];
+                k.softmax(&mut x, 1.0);
+                let e = (a as f64).exp();
+                let want = [1.0 / (1.0 + e), e / (1.0 + e)];
+                for j in 0..2 {
+                    let ulps = (x[j] as f64 - want[j]).abs() / (want[j] * f32::EPSILON as f64);
+                    worst = worst.max(ulps);
+                }
+            }
+            // In units of f32::EPSILON relative to the value (about 1.5 measured).
+            assert!(worst <= 4.0, "{}: {worst} ulp", k.isa());
+        }
+    }
+
+    #[test]
+    fn softmax_of_one_element_is_one_and_of_none_is_nothing() {
+        for k in supported() {
+            for v in [-1000.0, -3.5, 0.0, 42.0] {
+                let mut x = [v];
+                k.softmax(&mut x, 0.125);
+                assert_eq!(x, [1.0], "{} softmax([{v}])", k.isa());
+            }
+            k.softmax(&mut [], 1.0);
         }
     }
 

@@ -71,3 +71,129 @@ unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub unsafe fn sum_squares(x: &[f32]) -> f32 {
     dot(x, x)
 }
+
+/// # Safety
+/// NEON must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    let n = out.len();
+    let full = n / W * W;
+    let mut c = 0;
+    // Up to four output vectors stay in registers while every row streams past once; a
+    // longer output takes several passes over the rows, each on its own columns.
+    while c < full {
+        let vecs = ((full - c) / W).min(4);
+        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
+        match vecs {
+            1 => weighted_block::<1>(o, weights, p, n),
+            2 => weighted_block::<2>(o, weights, p, n),
+            3 => weighted_block::<3>(o, weights, p, n),
+            _ => weighted_block::<4>(o, weights, p, n),
+        }
+        c += vecs * W;
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(full) {
+        *o = weights
+            .iter()
+            .zip(rows.iter().skip(c).step_by(n))
+            .map(|(w, v)| w * v)
+            .sum();
+    }
+}
+
+/// `V` output vectors at `out` summed over all rows; `rows` points at this block's columns of
+/// row 0 and rows are `stride` apart.
+#[target_feature(enable = "neon")]
+unsafe fn weighted_block<const V: usize>(
+    out: *mut f32,
+    weights: &[f32],
+    rows: *const f32,
+    stride: usize,
+) {
+    // Two accumulator sets (even and odd rows) so consecutive FMAs into one register are not
+    // back to back: one set alone would be bound by FMA latency, not by the loads.
+    let mut a = [vdupq_n_f32(0.0); V];
+    let mut b = [vdupq_n_f32(0.0); V];
+    let mut r = 0;
+    while r + 2 <= weights.len() {
+        let p0 = rows.add(r * stride);
+        let p1 = p0.add(stride);
+        let w0 = vdupq_n_f32(*weights.get_unchecked(r));
+        let w1 = vdupq_n_f32(*weights.get_unchecked(r + 1));
+        for v in 0..V {
+            a[v] = vfmaq_f32(a[v], vld1q_f32(p0.add(v * W)), w0);
+            b[v] = vfmaq_f32(b[v], vld1q_f32(p1.add(v * W)), w1);
+        }
+        r += 2;
+    }
+    if r < weights.len() {
+        let p0 = rows.add(r * stride);
+        let w0 = vdupq_n_f32(*weights.get_unchecked(r));
+        for (v, acc) in a.iter_mut().enumerate() {
+            *acc = vfmaq_f32(*acc, vld1q_f32(p0.add(v * W)), w0);
+        }
+    }
+    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        vst1q_f32(out.add(v * W), vaddq_f32(x, y));
+    }
+}
+
+/// `e^x` to a few ulp for `x <= 0`; 0 below -87 (where `e^x` would leave the normal range),
+/// so a softmax never produces denormals or NaN from very negative scores.
+#[target_feature(enable = "neon")]
+unsafe fn exp(x: float32x4_t) -> float32x4_t {
+    use super::exp_poly::*;
+    let xc = vmaxq_f32(x, vdupq_n_f32(MIN_X));
+    let n = vrndnq_f32(vmulq_f32(xc, vdupq_n_f32(LOG2E)));
+    let r = vfmsq_f32(xc, n, vdupq_n_f32(LN2_HI));
+    let r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
+    let mut p = vdupq_n_f32(P[0]);
+    for &c in &P[1..] {
+        p = vfmaq_f32(vdupq_n_f32(c), p, r);
+    }
+    let y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), p, vmulq_f32(r, r));
+    let two_n = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(
+        vcvtq_s32_f32(n),
+        vdupq_n_s32(127),
+    )));
+    let keep = vcgeq_f32(x, vdupq_n_f32(MIN_X));
+    vreinterpretq_f32_u32(vandq_u32(keep, vreinterpretq_u32_f32(vmulq_f32(y, two_n))))
+}
+
+/// # Safety
+/// NEON must be available.
+#[target_feature(enable = "neon")]
+pub unsafe fn softmax(x: &mut [f32], scale: f32) {
+    let n = x.len();
+    let full = n / W * W;
+    let p = x.as_mut_ptr();
+    // The tail (< 4) goes through a padded copy: -inf padding is neutral for the max and
+    // becomes exactly 0 in the exponential, so it adds nothing to the sum.
+    let mut tail = [f32::NEG_INFINITY; W];
+    tail[..n - full].copy_from_slice(&x[full..]);
+    let tp = tail.as_mut_ptr();
+    let mut mx = vld1q_f32(tp);
+    let mut j = 0;
+    while j < full {
+        mx = vmaxq_f32(mx, vld1q_f32(p.add(j)));
+        j += W;
+    }
+    let max = vdupq_n_f32(vmaxvq_f32(mx));
+    let scale = vdupq_n_f32(scale);
+    let mut sum = vdupq_n_f32(0.0);
+    for q in (0..full).step_by(W).map(|j| p.add(j)).chain([tp]) {
+        let e = exp(vmulq_f32(vsubq_f32(vld1q_f32(q), max), scale));
+        vst1q_f32(q, e);
+        sum = vaddq_f32(sum, e);
+    }
+    let inv = 1.0 / vaddvq_f32(sum);
+    let vinv = vdupq_n_f32(inv);
+    j = 0;
+    while j < full {
+        vst1q_f32(p.add(j), vmulq_f32(vld1q_f32(p.add(j)), vinv));
+        j += W;
+    }
+    for (v, &t) in x[full..].iter_mut().zip(&tail) {
+        *v = t * inv;
+    }
+}

@@ -25,3 +25,23 @@ pub fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
 pub fn sum_squares(x: &[f32]) -> f32 {
     dot(x, x)
 }
+
+pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    out.fill(0.0);
+    for (&w, row) in weights.iter().zip(rows.chunks_exact(out.len().max(1))) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += w * v;
+        }
+    }
+}
+
+/// Keeps `f32::exp`: this is the fallback for CPUs without SIMD, not a hot path.
+pub fn softmax(x: &mut [f32], scale: f32) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = ((*v - max) * scale).exp();
+        sum += *v;
+    }
+    x.iter_mut().for_each(|v| *v /= sum);
+}
