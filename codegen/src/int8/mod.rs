@@ -167,6 +167,9 @@ fn rows_body(
     // Per chunk k: the input advances by its values, the corrections by a quarter of that,
     // the scales by the chunk's groups, the tile by one 64-byte step per row.
     let stride = |n: usize| {
+        if n == 1 {
+            return quote!(k);
+        }
         let n = lit(n);
         quote!(#n * k)
     };
