@@ -1,6 +1,7 @@
-//! Which kernels the forward pass runs on: the ones generated for the compiled shape, or the
-//! generic runtime-shape ones, plus the runtime-shape int8 kernels for Q8_0 weights and the
-//! 4-bit ones for Q4_0 weights. Chosen once when a session starts.
+//! Which kernels the forward pass runs on: the ones generated for the compiled shape (f32, and
+//! int8 for tiled Q8_0 / Q4_0 matrices), or the generic runtime-shape ones, plus runtime-shape
+//! int8 and 4-bit kernels for the quantised matrices the generated ones do not take. Chosen
+//! once when a session starts.
 
 use std::ops::Range;
 use std::path::Path;

@@ -6,41 +6,12 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::Int8Emitter;
-use crate::emit::{comment, doc, ident, lit};
+use crate::emit::{comment, ident, lit};
 
 /// The AVX2 emitter.
 pub(crate) struct Avx2;
 
 const FEATURES: &str = "avx2,fma";
-
-/// `broadcastN`: N floats repeated over the 8 lanes.
-fn broadcast(n: usize) -> TokenStream {
-    let name = ident(&format!("broadcast{n}"));
-    // The scales are only 4-byte aligned, so no `&f64` or `&__m128` may be formed for
-    // `_mm256_broadcast_sd` / `_mm256_broadcast_ps`; LLVM still emits the broadcasts.
-    let value = match n {
-        1 => quote!(_mm256_set1_ps(*p)),
-        2 => quote!(_mm256_castpd_ps(_mm256_set1_pd(
-            p.cast::<f64>().read_unaligned()
-        ))),
-        4 => quote! {
-            let v = _mm_loadu_ps(p);
-            _mm256_set_m128(v, v)
-        },
-        _ => unreachable!("tiled groups give periods 1, 2 or 4"),
-    };
-    let docs = doc(&format!(
-        "{n} scales repeated over the lanes (lane i gets p[i % {n}])."
-    ));
-    quote! {
-        #docs
-        #[target_feature(enable = #FEATURES)]
-        #[inline]
-        unsafe fn #name(p: *const f32) -> __m256 {
-            #value
-        }
-    }
-}
 
 impl Int8Emitter for Avx2 {
     const MODULE: &'static str = "int8_avx2";
@@ -53,6 +24,7 @@ impl Int8Emitter for Avx2 {
         operand is `|x|` (Q8_0), or the unsigned nibbles directly (Q4_0).";
 
     const PREFETCHES: bool = true;
+    const LANES: usize = 8;
 
     fn import() -> TokenStream {
         quote!(
@@ -60,38 +32,45 @@ impl Int8Emitter for Avx2 {
         )
     }
 
-    fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream {
-        let mut periods: Vec<usize> = q8_period.into_iter().chain(q4_period).collect();
-        periods.sort_unstable();
-        periods.dedup();
-        let broadcasts = periods.into_iter().map(broadcast);
-        let common = quote! {
-            #[doc = " A row's accumulator: 8 partial sums."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn zero() -> __m256 {
-                _mm256_setzero_ps()
-            }
+    fn acc_type() -> TokenStream {
+        quote!(__m256)
+    }
 
-            #[doc = " The row's total."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn hsum(acc: __m256) -> f32 {
-                let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                _mm_cvtss_f32(s)
-            }
+    fn zero() -> TokenStream {
+        quote!(_mm256_setzero_ps())
+    }
 
-            #[doc = " Asks for the stream `PREFETCH_BYTES` ahead of `p`; never faults, even past the end."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn prefetch<T>(p: *const T) {
-                _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
-            }
+    fn hsum() -> TokenStream {
+        quote! {
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
 
-            #(#broadcasts)*
+    fn broadcast(n: usize) -> (TokenStream, TokenStream) {
+        // The scales are only 4-byte aligned, so no `&f64` or `&__m128` may be formed for
+        // `_mm256_broadcast_sd` / `_mm256_broadcast_ps`; LLVM still emits the broadcasts.
+        let body = match n {
+            1 => quote!(_mm256_set1_ps(*p)),
+            2 => quote!(_mm256_castpd_ps(_mm256_set1_pd(
+                p.cast::<f64>().read_unaligned()
+            ))),
+            4 => quote! {
+                let v = _mm_loadu_ps(p);
+                _mm256_set_m128(v, v)
+            },
+            _ => unreachable!("tiled groups give periods 1, 2 or 4"),
         };
+        (quote!(__m256), body)
+    }
+
+    fn prefetch() -> TokenStream {
+        quote!(_mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));)
+    }
+
+    fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream {
         let q8 = q8_period.map(|n| {
             let bn = ident(&format!("broadcast{n}"));
             let sign = comment(
@@ -226,7 +205,6 @@ impl Int8Emitter for Avx2 {
             }
         });
         quote! {
-            #common
             #q8
             #q4
         }

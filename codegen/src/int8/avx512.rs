@@ -5,36 +5,12 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::Int8Emitter;
-use crate::emit::{comment, doc, ident};
+use crate::emit::{comment, ident};
 
 /// The AVX-512 VNNI emitter.
 pub(crate) struct Avx512Vnni;
 
 const FEATURES: &str = "avx512f,avx512bw,avx512vnni";
-
-/// `broadcastN`: N floats repeated over the 16 lanes.
-fn broadcast(n: usize) -> TokenStream {
-    let name = ident(&format!("broadcast{n}"));
-    let value = match n {
-        1 => quote!(_mm512_set1_ps(*p)),
-        2 => quote!(_mm512_castpd_ps(_mm512_set1_pd(
-            p.cast::<f64>().read_unaligned()
-        ))),
-        4 => quote!(_mm512_broadcast_f32x4(_mm_loadu_ps(p))),
-        _ => unreachable!("tiled groups give periods 1, 2 or 4"),
-    };
-    let docs = doc(&format!(
-        "{n} scales repeated over the lanes (lane i gets p[i % {n}])."
-    ));
-    quote! {
-        #docs
-        #[target_feature(enable = #FEATURES)]
-        #[inline]
-        unsafe fn #name(p: *const f32) -> __m512 {
-            #value
-        }
-    }
-}
 
 impl Int8Emitter for Avx512Vnni {
     const MODULE: &'static str = "int8_avx512vnni";
@@ -47,6 +23,7 @@ impl Int8Emitter for Avx512Vnni {
         and each lane starting from the input's correction.";
 
     const PREFETCHES: bool = true;
+    const LANES: usize = 16;
 
     fn import() -> TokenStream {
         quote!(
@@ -54,35 +31,35 @@ impl Int8Emitter for Avx512Vnni {
         )
     }
 
-    fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream {
-        let mut periods: Vec<usize> = q8_period.into_iter().chain(q4_period).collect();
-        periods.sort_unstable();
-        periods.dedup();
-        let broadcasts = periods.into_iter().map(broadcast);
-        let common = quote! {
-            #[doc = " A row's accumulator: 16 partial sums."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn zero() -> __m512 {
-                _mm512_setzero_ps()
-            }
+    fn acc_type() -> TokenStream {
+        quote!(__m512)
+    }
 
-            #[doc = " The row's total."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn hsum(acc: __m512) -> f32 {
-                _mm512_reduce_add_ps(acc)
-            }
+    fn zero() -> TokenStream {
+        quote!(_mm512_setzero_ps())
+    }
 
-            #[doc = " Asks for the stream `PREFETCH_BYTES` ahead of `p`; never faults, even past the end."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn prefetch<T>(p: *const T) {
-                _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));
-            }
+    fn hsum() -> TokenStream {
+        quote!(_mm512_reduce_add_ps(acc))
+    }
 
-            #(#broadcasts)*
+    fn broadcast(n: usize) -> (TokenStream, TokenStream) {
+        let body = match n {
+            1 => quote!(_mm512_set1_ps(*p)),
+            2 => quote!(_mm512_castpd_ps(_mm512_set1_pd(
+                p.cast::<f64>().read_unaligned()
+            ))),
+            4 => quote!(_mm512_broadcast_f32x4(_mm_loadu_ps(p))),
+            _ => unreachable!("tiled groups give periods 1, 2 or 4"),
         };
+        (quote!(__m512), body)
+    }
+
+    fn prefetch() -> TokenStream {
+        quote!(_mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(PREFETCH_BYTES));)
+    }
+
+    fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream {
         let q8 = q8_period.map(|n| {
             let bn = ident(&format!("broadcast{n}"));
             let offset = comment(
@@ -155,7 +132,6 @@ impl Int8Emitter for Avx512Vnni {
             }
         });
         quote! {
-            #common
             #q8
             #q4
         }

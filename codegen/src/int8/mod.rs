@@ -72,14 +72,15 @@ impl Int8Plan {
     }
 }
 
-/// An instruction set's int8 vocabulary. The helpers it emits must be:
+/// An instruction set's int8 vocabulary. [`common_helpers`] writes, from the pieces given
+/// here, `zero() -> Acc`, `hsum(Acc) -> f32`, `prefetch(p)` (SIMD) and `broadcastN(*const f32)`
+/// (N floats repeated over the lanes, for each period N used). [`Int8Emitter::helpers`] adds
+/// the format-specific ones:
 ///
-/// * `zero() -> Acc`, `hsum(Acc) -> f32`: the per-row accumulator and its total;
 /// * `x_block(*const i8, *const i32) -> X`: one 64-value block of the tiled input and its
 ///   `-128 · Σ x` lane corrections, prepared once per tile (Q8_0);
 /// * `x4_block(*const i8, *const i32) -> X4`: the same for Q4_0, with the block's
 ///   `-8 · Σ x` lane corrections;
-/// * `broadcastN(*const f32) -> S` for each period N used: N floats repeated over the lanes;
 /// * `q8_block(acc, X, S, w: *const i8, w_scales: *const f32) -> Acc`: one row's block;
 /// * `q4_chunk(acc, X4, X4, S, S, w: *const u8, w_scales: *const f32) -> Acc`: one row's
 ///   64 bytes (two blocks);
@@ -96,12 +97,83 @@ pub(crate) trait Int8Emitter {
     const REQUIREMENT: &'static str;
     /// The submodule's doc comment.
     const DOC: &'static str;
-    /// Whether the helpers use `PREFETCH_BYTES` (software prefetch).
+    /// Whether the helpers call `prefetch` (software prefetch `PREFETCH_BYTES` ahead).
     const PREFETCHES: bool;
+    /// Partial sums in a row's accumulator (for its doc).
+    const LANES: usize;
     /// `use` lines.
     fn import() -> TokenStream;
-    /// The helper functions, for the given periods (`None` when no shape uses the format).
+    /// The accumulator type.
+    fn acc_type() -> TokenStream;
+    /// An expression: a zeroed accumulator.
+    fn zero() -> TokenStream;
+    /// Statements ending in an expression: the f32 total of `acc`.
+    fn hsum() -> TokenStream;
+    /// The type and body of `broadcastN(p)`: `n` scales at `p`, as the kernels multiply them.
+    fn broadcast(n: usize) -> (TokenStream, TokenStream);
+    /// A statement asking for the line `PREFETCH_BYTES` past `p` (when [`Self::PREFETCHES`]).
+    fn prefetch() -> TokenStream {
+        quote!()
+    }
+    /// The format-specific helpers, for the given periods (`None` when no shape uses the
+    /// format).
     fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream;
+}
+
+/// The helpers every instruction set shares the shape of: accumulator, total, prefetch and the
+/// scale broadcasts for the periods in use.
+fn common_helpers<E: Int8Emitter>(periods: &[usize]) -> TokenStream {
+    let feats = features::<E>();
+    let (acc, zero, hsum) = (E::acc_type(), E::zero(), E::hsum());
+    let acc_doc = doc(&format!("A row's accumulator: {} partial sums.", E::LANES));
+    let broadcasts = periods.iter().map(|&n| {
+        let name = ident(&format!("broadcast{n}"));
+        let (ty, body) = E::broadcast(n);
+        let docs = doc(&if n == 1 {
+            "The scale at `p`, for every lane.".to_string()
+        } else {
+            format!("The {n} scales at `p`: lane i takes scale i % {n}.")
+        });
+        quote! {
+            #docs
+            #feats
+            #[inline]
+            unsafe fn #name(p: *const f32) -> #ty {
+                #body
+            }
+        }
+    });
+    let prefetch = if E::PREFETCHES {
+        let body = E::prefetch();
+        quote! {
+            #[doc = " Asks for the stream `PREFETCH_BYTES` ahead of `p`; never faults, even past the end."]
+            #feats
+            #[inline]
+            unsafe fn prefetch<T>(p: *const T) {
+                #body
+            }
+        }
+    } else {
+        quote!()
+    };
+    quote! {
+        #acc_doc
+        #feats
+        #[inline]
+        unsafe fn zero() -> #acc {
+            #zero
+        }
+
+        #[doc = " The row's total."]
+        #feats
+        #[inline]
+        unsafe fn hsum(acc: #acc) -> f32 {
+            #hsum
+        }
+
+        #prefetch
+        #(#broadcasts)*
+    }
 }
 
 /// `#[target_feature(...)]` for the emitter, or nothing.
@@ -394,10 +466,15 @@ pub(crate) fn module<E: Int8Emitter>(plan: &Int8Plan) -> TokenStream {
     let q4_bodies = distinct_cols(&plan.q4)
         .into_iter()
         .map(|c| body::<E>(true, c, plan.q4_group));
-    let helpers = E::helpers(
+    let (q8_period, q4_period) = (
         (!plan.q8.is_empty()).then(|| plan.q8_period()),
         (!plan.q4.is_empty()).then(|| plan.q4_period()),
     );
+    let mut periods: Vec<usize> = q8_period.into_iter().chain(q4_period).collect();
+    periods.sort_unstable();
+    periods.dedup();
+    let common = common_helpers::<E>(&periods);
+    let helpers = E::helpers(q8_period, q4_period);
     let pf = lit(PREFETCH_BYTES);
     let pf_doc = doc(&format!(
         "How far ahead of each row step the stream is requested ({PREFETCH_BYTES} bytes), \
@@ -419,6 +496,7 @@ pub(crate) fn module<E: Int8Emitter>(plan: &Int8Plan) -> TokenStream {
             #(#q4_wrappers)*
             #(#q8_bodies)*
             #(#q4_bodies)*
+            #common
             #helpers
         }
     }

@@ -6,37 +6,12 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::Int8Emitter;
-use crate::emit::{comment, doc, ident, lit};
+use crate::emit::{comment, ident, lit};
 
 /// The NEON dot-product emitter.
 pub(crate) struct NeonDotprod;
 
 const FEATURES: &str = "neon,dotprod";
-
-/// `broadcastN`: N floats repeated over the 4 lanes.
-fn broadcast(n: usize) -> TokenStream {
-    let name = ident(&format!("broadcast{n}"));
-    let value = match n {
-        1 => quote!(vdupq_n_f32(*p)),
-        2 => quote! {
-            let v = vld1_f32(p);
-            vcombine_f32(v, v)
-        },
-        4 => quote!(vld1q_f32(p)),
-        _ => unreachable!("tiled groups give periods 1, 2 or 4"),
-    };
-    let docs = doc(&format!(
-        "{n} scales repeated over the lanes (lane i gets p[i % {n}])."
-    ));
-    quote! {
-        #docs
-        #[target_feature(enable = #FEATURES)]
-        #[inline]
-        unsafe fn #name(p: *const f32) -> float32x4_t {
-            #value
-        }
-    }
-}
 
 impl Int8Emitter for NeonDotprod {
     const MODULE: &'static str = "int8_neon_dotprod";
@@ -52,6 +27,7 @@ impl Int8Emitter for NeonDotprod {
     // timings mean nothing), and the stream is sequential, which the hardware prefetchers of
     // the cores with dotprod follow; a guessed distance could only cost.
     const PREFETCHES: bool = false;
+    const LANES: usize = 4;
 
     fn import() -> TokenStream {
         quote!(
@@ -59,27 +35,34 @@ impl Int8Emitter for NeonDotprod {
         )
     }
 
+    fn acc_type() -> TokenStream {
+        quote!(float32x4_t)
+    }
+
+    fn zero() -> TokenStream {
+        quote!(vdupq_n_f32(0.0))
+    }
+
+    fn hsum() -> TokenStream {
+        quote!(vaddvq_f32(acc))
+    }
+
+    fn broadcast(n: usize) -> (TokenStream, TokenStream) {
+        let body = match n {
+            1 => quote!(vdupq_n_f32(*p)),
+            2 => quote! {
+                let v = vld1_f32(p);
+                vcombine_f32(v, v)
+            },
+            4 => quote!(vld1q_f32(p)),
+            _ => unreachable!("tiled groups give periods 1, 2 or 4"),
+        };
+        (quote!(float32x4_t), body)
+    }
+
     fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream {
-        let mut periods: Vec<usize> = q8_period.into_iter().chain(q4_period).collect();
-        periods.sort_unstable();
-        periods.dedup();
-        let broadcasts = periods.into_iter().map(broadcast);
         let stable = comment("`vdotq_s32` is not stable in the toolchains here.");
         let common = quote! {
-            #[doc = " A row's accumulator: 4 partial sums."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn zero() -> float32x4_t {
-                vdupq_n_f32(0.0)
-            }
-
-            #[doc = " The row's total."]
-            #[target_feature(enable = #FEATURES)]
-            #[inline]
-            unsafe fn hsum(acc: float32x4_t) -> f32 {
-                vaddvq_f32(acc)
-            }
-
             #[doc = " `acc + Σ a·b` over each i32 lane's four bytes."]
             #[target_feature(enable = #FEATURES)]
             #[inline]
@@ -106,8 +89,6 @@ impl Int8Emitter for NeonDotprod {
                 let acc = sdot(acc, a.2, b.2);
                 sdot(acc, a.3, b.3)
             }
-
-            #(#broadcasts)*
         };
         let q8 = q8_period.map(|n| {
             let bn = ident(&format!("broadcast{n}"));

@@ -5,24 +5,10 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::Int8Emitter;
-use crate::emit::{doc, ident, lit};
+use crate::emit::{ident, lit};
 
 /// The portable emitter.
 pub(crate) struct Portable;
-
-/// `broadcastN`: the N scales of a block (the lane pattern's period).
-fn broadcast(n: usize) -> TokenStream {
-    let name = ident(&format!("broadcast{n}"));
-    let n_lit = lit(n);
-    let docs = doc(&format!("The {n} scales of one block."));
-    quote! {
-        #docs
-        #[inline]
-        unsafe fn #name(p: *const f32) -> [f32; #n_lit] {
-            unsafe { p.cast::<[f32; #n_lit]>().read_unaligned() }
-        }
-    }
-}
 
 impl Int8Emitter for Portable {
     const MODULE: &'static str = "int8_portable";
@@ -34,31 +20,33 @@ impl Int8Emitter for Portable {
         the reference the SIMD kernels are compared with.";
 
     const PREFETCHES: bool = false;
+    const LANES: usize = 1;
 
     fn import() -> TokenStream {
         quote!()
     }
 
+    fn acc_type() -> TokenStream {
+        quote!(f32)
+    }
+
+    fn zero() -> TokenStream {
+        quote!(0.0)
+    }
+
+    fn hsum() -> TokenStream {
+        quote!(acc)
+    }
+
+    fn broadcast(n: usize) -> (TokenStream, TokenStream) {
+        let n = lit(n);
+        (
+            quote!([f32; #n]),
+            quote!(unsafe { p.cast::<[f32; #n]>().read_unaligned() }),
+        )
+    }
+
     fn helpers(q8_period: Option<usize>, q4_period: Option<usize>) -> TokenStream {
-        let mut periods: Vec<usize> = q8_period.into_iter().chain(q4_period).collect();
-        periods.sort_unstable();
-        periods.dedup();
-        let broadcasts = periods.into_iter().map(broadcast);
-        let common = quote! {
-            #[doc = " A row's accumulator."]
-            #[inline]
-            fn zero() -> f32 {
-                0.0
-            }
-
-            #[doc = " The row's total."]
-            #[inline]
-            fn hsum(acc: f32) -> f32 {
-                acc
-            }
-
-            #(#broadcasts)*
-        };
         let q8 = q8_period.map(|n| {
             let bn = ident(&format!("broadcast{n}"));
             let n_lit = lit(n);
@@ -146,7 +134,6 @@ impl Int8Emitter for Portable {
             }
         });
         quote! {
-            #common
             #q8
             #q4
         }
