@@ -32,6 +32,7 @@ use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig, WeightFormat
 use thiserror::Error;
 
 use crate::aligned::{AlignedBytes, AlignedVec};
+use crate::kernels::GenericKernels;
 use crate::model::Model;
 
 /// The largest magnitude a quantised value takes.
@@ -287,6 +288,8 @@ pub struct TiledInput<'a> {
 #[derive(Debug)]
 pub struct InputQuantizer {
     group: Option<usize>,
+    /// The quantiser's instruction set, picked once (every one gives the same bits).
+    kernels: GenericKernels,
     q: AlignedBytes,
     scales: AlignedVec,
     /// Whether inputs are also put in tiled order, and whether they need Q4 corrections.
@@ -307,6 +310,7 @@ impl InputQuantizer {
         };
         Self {
             group,
+            kernels: GenericKernels::detect(),
             q: AlignedBytes::zeros(q_len),
             scales: AlignedVec::zeros(s_len),
             tiled: false,
@@ -343,7 +347,7 @@ impl InputQuantizer {
         };
         let q = &mut self.q.as_i8_mut()[..x.len()];
         let scales = &mut self.scales[..x.len() / group];
-        quantize_activations(x, group, q, scales);
+        self.kernels.quantize_activations(x, group, q, scales);
         let tiled = (self.tiled && x.len().is_multiple_of(model_config::tiled::BLOCK)).then(|| {
             let tq = &mut self.tiled_q.as_i8_mut()[..x.len()];
             model_config::tiled::tile_input_with(q, &self.positions, tq);

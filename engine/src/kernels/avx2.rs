@@ -250,3 +250,69 @@ pub unsafe fn softmax(x: &mut [f32], scale: f32) {
         *v = t * inv;
     }
 }
+
+/// `clamp(round_half_away(x / scale), ±127)` per lane, with the reference's exact steps
+/// (the f32 division, truncation, then a step away from zero when the exact remainder is at
+/// least one half; a true compare is -1, so subtracting it adds one). `scale` must be finite
+/// and non-zero, so every quotient fits an i32.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize8(x: __m256, scale: __m256) -> __m256i {
+    let v = _mm256_div_ps(x, scale);
+    let t = _mm256_cvttps_epi32(v);
+    let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
+    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+    let down = _mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5));
+    let r = _mm256_sub_epi32(t, _mm256_castps_si256(up));
+    let r = _mm256_add_epi32(r, _mm256_castps_si256(down));
+    _mm256_max_epi32(
+        _mm256_min_epi32(r, _mm256_set1_epi32(127)),
+        _mm256_set1_epi32(-127),
+    )
+}
+
+/// Activation quantisation, bit for bit the reference `quant::quantize_activations`; each
+/// group goes 8 values at a time, its last `group % 8` in scalar.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `group > 0` divides `x.len()`, `q.len() == x.len()` and
+/// `scales.len() == x.len() / group`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales: &mut [f32]) {
+    let full = group / W * W;
+    let abs = _mm256_set1_epi32(i32::MAX);
+    for ((x, q), s) in x
+        .chunks_exact(group)
+        .zip(q.chunks_exact_mut(group))
+        .zip(scales.iter_mut())
+    {
+        let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+        let mut m = _mm256_setzero_si256();
+        let mut j = 0;
+        while j < full {
+            let bits = _mm256_castps_si256(_mm256_loadu_ps(xp.add(j)));
+            m = _mm256_max_epi32(m, _mm256_and_si256(bits, abs));
+            j += W;
+        }
+        let m = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+        let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+        let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+        let m = (_mm_cvtsi128_si32(m) as u32).max(super::scalar::max_abs_bits(&x[full..]));
+        let (scale, finite) = super::scalar::group_scale(m);
+        *s = scale;
+        if !finite {
+            q.fill(0);
+            continue;
+        }
+        let sv = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j < full {
+            let r = quantize8(_mm256_loadu_ps(xp.add(j)), sv);
+            let r16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+            _mm_storel_epi64(qp.add(j).cast(), _mm_packs_epi16(r16, r16));
+            j += W;
+        }
+        for (q, &v) in q[full..].iter_mut().zip(&x[full..]) {
+            *q = super::scalar::quantize_value(v, scale);
+        }
+    }
+}

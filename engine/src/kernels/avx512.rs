@@ -228,3 +228,70 @@ pub unsafe fn softmax(x: &mut [f32], scale: f32) {
         _mm512_mask_storeu_ps(p.add(full), mask, _mm512_mul_ps(v, inv));
     }
 }
+
+/// `clamp(round_half_away(x / scale), ±127)` per lane, with the reference's exact steps
+/// (the f32 division, truncation, then a step away from zero when the exact remainder is at
+/// least one half). `scale` must be finite and non-zero, so every quotient fits an i32.
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize16(x: __m512, scale: __m512) -> __m512i {
+    let v = _mm512_div_ps(x, scale);
+    let t = _mm512_cvttps_epi32(v);
+    let frac = _mm512_sub_ps(v, _mm512_cvtepi32_ps(t));
+    let one = _mm512_set1_epi32(1);
+    let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+    let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, _mm512_set1_ps(-0.5));
+    let r = _mm512_mask_add_epi32(t, up, t, one);
+    let r = _mm512_mask_sub_epi32(r, down, r, one);
+    _mm512_max_epi32(
+        _mm512_min_epi32(r, _mm512_set1_epi32(127)),
+        _mm512_set1_epi32(-127),
+    )
+}
+
+/// Activation quantisation, bit for bit the reference `quant::quantize_activations`; each
+/// group's tail (`group % 16` values) is one masked load and store.
+///
+/// # Safety
+/// AVX-512F must be available; `group > 0` divides `x.len()`, `q.len() == x.len()` and
+/// `scales.len() == x.len() / group`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales: &mut [f32]) {
+    let full = group / W * W;
+    let mask = tail_mask(group);
+    let abs = _mm512_set1_epi32(i32::MAX);
+    for ((x, q), s) in x
+        .chunks_exact(group)
+        .zip(q.chunks_exact_mut(group))
+        .zip(scales.iter_mut())
+    {
+        let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+        let mut m = _mm512_setzero_si512();
+        let mut j = 0;
+        while j < full {
+            let bits = _mm512_castps_si512(_mm512_loadu_ps(xp.add(j)));
+            m = _mm512_max_epi32(m, _mm512_and_si512(bits, abs));
+            j += W;
+        }
+        if full < group {
+            let bits = _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, xp.add(full)));
+            m = _mm512_max_epi32(m, _mm512_and_si512(bits, abs));
+        }
+        let (scale, finite) = super::scalar::group_scale(_mm512_reduce_max_epi32(m) as u32);
+        *s = scale;
+        if !finite {
+            q.fill(0);
+            continue;
+        }
+        let sv = _mm512_set1_ps(scale);
+        let mut j = 0;
+        while j < full {
+            let r = quantize16(_mm512_loadu_ps(xp.add(j)), sv);
+            _mm_storeu_si128(qp.add(j).cast(), _mm512_cvtepi32_epi8(r));
+            j += W;
+        }
+        if full < group {
+            let r = quantize16(_mm512_maskz_loadu_ps(mask, xp.add(full)), sv);
+            _mm512_mask_cvtepi32_storeu_epi8(qp.add(full), mask, r);
+        }
+    }
+}

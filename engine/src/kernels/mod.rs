@@ -1,7 +1,7 @@
 //! Generic (runtime-shape) kernels: the comparison baseline and the path for any model.
 //!
 //! One file per instruction set, each with the same functions (`matmul`, `sum_squares`,
-//! `weighted_sum`, `softmax`), chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
+//! `weighted_sum`, `softmax`, `quantize_activations`), chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
 //! kernel is tested against. `q8` holds the int8 kernels for Q8_0 weights.
 
 pub mod q4;
@@ -129,6 +129,35 @@ impl GenericKernels {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => unsafe { neon::weighted_sum(out, weights, rows) },
             _ => scalar::weighted_sum(out, weights, rows),
+        }
+    }
+
+    /// Activation quantisation (`q` int8, one scale per `group` values), bit for bit
+    /// [`crate::quant::quantize_activations`] on every instruction set, including its
+    /// NaN and infinity handling; only a NaN scale's payload may differ when a group holds
+    /// several different NaNs.
+    ///
+    /// # Panics
+    /// When `group` is 0 or does not divide `x.len()`, or an output length is wrong.
+    pub fn quantize_activations(&self, x: &[f32], group: usize, q: &mut [i8], scales: &mut [f32]) {
+        assert!(
+            group > 0 && x.len().is_multiple_of(group),
+            "quantize: length {} is not a multiple of the group {group}",
+            x.len()
+        );
+        assert!(
+            q.len() == x.len() && scales.len() == x.len() / group,
+            "quantize: output lengths"
+        );
+        match self.isa {
+            // SAFETY: as in `matmul`; the assertions are the kernels' length contract.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::quantize_activations(x, group, q, scales) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::quantize_activations(x, group, q, scales) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::quantize_activations(x, group, q, scales) },
+            _ => scalar::quantize_activations(x, group, q, scales),
         }
     }
 
@@ -364,6 +393,141 @@ mod tests {
                 assert_eq!(x, [1.0], "{} softmax([{v}])", k.isa());
             }
             k.softmax(&mut [], 1.0);
+        }
+    }
+
+    /// Every supported ISA's quantiser against the reference: scales equal bit for bit,
+    /// values exactly (the scalar runq.c comparison in the engine tests depends on it).
+    fn check_quantize(x: &[f32], group: usize, what: &str) {
+        let n = x.len();
+        let (mut want_q, mut want_s) = (vec![0i8; n], vec![0f32; n / group]);
+        crate::quant::quantize_activations(x, group, &mut want_q, &mut want_s);
+        for k in supported() {
+            // Garbage in the outputs must be overwritten.
+            let (mut q, mut s) = (vec![-99i8; n], vec![-1.5f32; n / group]);
+            k.quantize_activations(x, group, &mut q, &mut s);
+            for (g, (got, want)) in s.iter().zip(&want_s).enumerate() {
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} {what}: scale of group {g}: {got} vs {want}",
+                    k.isa()
+                );
+            }
+            for (i, (got, want)) in q.iter().zip(&want_q).enumerate() {
+                assert_eq!(got, want, "{} {what}: value {i} ({})", k.isa(), x[i]);
+            }
+        }
+    }
+
+    /// A magnitude in 1e-3..1e3, log-uniform.
+    fn magnitude(rng: &mut Rng) -> f32 {
+        10f32.powf(rng.uniform() * 3.0)
+    }
+
+    const QUANT_GROUPS: [usize; 11] = [2, 4, 6, 8, 12, 16, 20, 32, 64, 96, 128];
+
+    #[test]
+    fn quantize_activations_matches_the_reference_bitwise() {
+        let mut rng = Rng::new(0x9a17);
+        for group in QUANT_GROUPS {
+            let lens = (group..=320).step_by(group).chain([768, 2048]);
+            for n in lens.filter(|n| n % group == 0) {
+                let mut x = rng.vec(n);
+                for g in x.chunks_mut(group) {
+                    let m = magnitude(&mut rng);
+                    g.iter_mut().for_each(|v| *v *= m);
+                }
+                check_quantize(&x, group, &format!("group {group} n={n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_activations_rounds_exact_halves_away_from_zero() {
+        let mut rng = Rng::new(0x4a1f);
+        for group in QUANT_GROUPS {
+            for _ in 0..20 {
+                let n = group * (1 + rng.below(12));
+                let mut x = vec![0f32; n];
+                for g in x.chunks_mut(group) {
+                    // A scale with at most 16 significant bits, so that 127·s and (q + ½)·s
+                    // are exact and x / (max / 127) lands exactly on q + ½.
+                    let mantissa = (1 << 15) + rng.below(1 << 15);
+                    let e = rng.below(21) as i32 - 33;
+                    let s = mantissa as f32 * 2f32.powi(e);
+                    for v in g.iter_mut() {
+                        let q = rng.below(254) as f32 - 127.0; // -127..=126
+                        *v = (q + 0.5) * s;
+                        // Neighbours of the halves, too: they must not round like the half.
+                        match rng.below(4) {
+                            0 => *v = v.next_up(),
+                            1 => *v = v.next_down(),
+                            _ => {}
+                        }
+                    }
+                    let at = rng.below(group);
+                    g[at] = if rng.below(2) == 0 {
+                        127.0 * s
+                    } else {
+                        -127.0 * s
+                    };
+                    let scale = 127.0 * s / 127.0;
+                    assert_eq!(scale, s);
+                }
+                check_quantize(&x, group, &format!("halves, group {group} n={n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_activations_zero_tiny_and_non_finite_groups() {
+        let mut rng = Rng::new(0x0dd);
+        for group in QUANT_GROUPS {
+            let mut x = rng.vec(group * 9);
+            x.iter_mut().for_each(|v| *v *= 5.0);
+            for (case, g) in x.chunks_mut(group).enumerate() {
+                let last = g.len() - 1;
+                match case {
+                    0 => g.fill(0.0),
+                    1 => {
+                        g.fill(0.0);
+                        g.iter_mut().step_by(2).for_each(|v| *v = -0.0);
+                    }
+                    2 => g[last / 2] = f32::NAN,
+                    3 => g[last] = -f32::NAN,
+                    4 => g[0] = f32::INFINITY,
+                    5 => g[last] = f32::NEG_INFINITY,
+                    // Denormal maxima: the scale underflows to 0, or is a denormal itself
+                    // (then quotients reach about 190 and are clamped).
+                    6 => g.fill(f32::from_bits(1)),
+                    7 => g
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(i, v)| *v = f32::from_bits(i as u32 * 37 + 100)),
+                    _ => {} // a plain random group
+                }
+            }
+            check_quantize(&x, group, &format!("special groups, group {group}"));
+        }
+    }
+
+    /// Several different NaNs in one group: the scale is NaN on every path (its payload is
+    /// unspecified) and every value is 0, with no panic.
+    #[test]
+    fn quantize_activations_with_several_nans_gives_a_nan_scale_and_zeros() {
+        for group in QUANT_GROUPS {
+            let mut x = vec![1.0f32; group * 3];
+            x[group] = f32::from_bits(0x7FC0_0001);
+            x[2 * group - 1] = f32::from_bits(0xFFC0_0002);
+            for k in supported() {
+                let (mut q, mut s) = (vec![-99i8; x.len()], vec![0f32; 3]);
+                k.quantize_activations(&x, group, &mut q, &mut s);
+                assert!(s[1].is_nan(), "{} group {group}", k.isa());
+                assert_eq!((s[0], s[2]), (1.0 / 127.0, 1.0 / 127.0));
+                assert!(q[group..2 * group].iter().all(|&v| v == 0));
+                assert!(q[..group].iter().chain(&q[2 * group..]).all(|&v| v == 127));
+            }
         }
     }
 

@@ -197,3 +197,67 @@ pub unsafe fn softmax(x: &mut [f32], scale: f32) {
         *v = t * inv;
     }
 }
+
+/// `clamp(round_half_away(x / scale), ±127)` per lane, with the reference's exact steps
+/// (the f32 division, truncation, then a step away from zero when the exact remainder is at
+/// least one half; a true compare is all ones, -1 as i32, so subtracting it adds one).
+/// `scale` must be finite and non-zero, so every quotient fits an i32.
+#[target_feature(enable = "neon")]
+unsafe fn quantize4(x: float32x4_t, scale: float32x4_t) -> int32x4_t {
+    let v = vdivq_f32(x, scale);
+    let t = vcvtq_s32_f32(v);
+    let frac = vsubq_f32(v, vcvtq_f32_s32(t));
+    let up = vreinterpretq_s32_u32(vcgeq_f32(frac, vdupq_n_f32(0.5)));
+    let down = vreinterpretq_s32_u32(vcleq_f32(frac, vdupq_n_f32(-0.5)));
+    let r = vaddq_s32(vsubq_s32(t, up), down);
+    vmaxq_s32(vminq_s32(r, vdupq_n_s32(127)), vdupq_n_s32(-127))
+}
+
+/// Activation quantisation, bit for bit the reference `quant::quantize_activations`; each
+/// group goes 8 values at a time, then 4, its last `group % 4` in scalar.
+///
+/// # Safety
+/// NEON must be available (always on aarch64); `group > 0` divides `x.len()`,
+/// `q.len() == x.len()` and `scales.len() == x.len() / group`.
+#[target_feature(enable = "neon")]
+pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales: &mut [f32]) {
+    let full = group / W * W;
+    let abs = vdupq_n_u32(0x7FFF_FFFF);
+    for ((x, q), s) in x
+        .chunks_exact(group)
+        .zip(q.chunks_exact_mut(group))
+        .zip(scales.iter_mut())
+    {
+        let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+        let mut m = vdupq_n_u32(0);
+        let mut j = 0;
+        while j < full {
+            let bits = vreinterpretq_u32_f32(vld1q_f32(xp.add(j)));
+            m = vmaxq_u32(m, vandq_u32(bits, abs));
+            j += W;
+        }
+        let m = vmaxvq_u32(m).max(super::scalar::max_abs_bits(&x[full..]));
+        let (scale, finite) = super::scalar::group_scale(m);
+        *s = scale;
+        if !finite {
+            q.fill(0);
+            continue;
+        }
+        let sv = vdupq_n_f32(scale);
+        let mut j = 0;
+        while j + 2 * W <= full {
+            let lo = vqmovn_s32(quantize4(vld1q_f32(xp.add(j)), sv));
+            let hi = vqmovn_s32(quantize4(vld1q_f32(xp.add(j + W)), sv));
+            vst1_s8(qp.add(j), vqmovn_s16(vcombine_s16(lo, hi)));
+            j += 2 * W;
+        }
+        if j < full {
+            let r = vqmovn_s32(quantize4(vld1q_f32(xp.add(j)), sv));
+            let r8 = vreinterpret_u32_s8(vqmovn_s16(vcombine_s16(r, r)));
+            vst1_lane_u32::<0>(qp.add(j).cast(), r8);
+        }
+        for (q, &v) in q[full..].iter_mut().zip(&x[full..]) {
+            *q = super::scalar::quantize_value(v, scale);
+        }
+    }
+}

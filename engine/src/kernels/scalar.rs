@@ -45,3 +45,34 @@ pub fn softmax(x: &mut [f32], scale: f32) {
     }
     x.iter_mut().for_each(|v| *v /= sum);
 }
+
+/// The activation quantiser for CPUs without SIMD: the reference itself.
+pub fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales: &mut [f32]) {
+    crate::quant::quantize_activations(x, group, q, scales)
+}
+
+/// The bits of `max |x|` (0 for an empty slice). For non-negative floats the integer order of
+/// the bit patterns is the float order, and NaNs sort above infinity, so the SIMD paths fold
+/// the maximum with integer max instead of the reference's NaN-aware float compare chain.
+pub(super) fn max_abs_bits(x: &[f32]) -> u32 {
+    x.iter()
+        .map(|v| v.to_bits() & 0x7FFF_FFFF)
+        .max()
+        .unwrap_or(0)
+}
+
+/// One activation value: `clamp(round_half_away(v / scale), ±127)`, as the reference.
+#[inline]
+pub(super) fn quantize_value(v: f32, scale: f32) -> i8 {
+    crate::quant::round_half_away(v / scale).clamp(-crate::quant::Q_MAX, crate::quant::Q_MAX) as i8
+}
+
+/// The scale of a group whose `max |x|` has bits `max_bits`, and whether its values need
+/// quantising: a zero scale (all zeros, or a max that underflows) and a NaN or infinite one
+/// (corrupt input) both leave every q at 0 in the reference, since `v / scale` is then
+/// ±∞, ±0 or NaN and `round_half_away` maps NaN to 0.
+#[inline]
+pub(super) fn group_scale(max_bits: u32) -> (f32, bool) {
+    let scale = f32::from_bits(max_bits) / crate::quant::Q_MAX;
+    (scale, scale != 0.0 && scale.is_finite())
+}
