@@ -252,8 +252,8 @@ impl Backend {
             }
     }
 
-    /// `"specialised avx512f, 2 threads"`; for Q8_0 weights
-    /// `"generic int8 avx512vnni, q8_0 group 64 (rmsnorm: specialised avx512f), 2 threads"`.
+    /// `"specialised avx512f, 2 threads"`; for Q8_0 weights e.g.
+    /// `"specialised int8 avx512vnni (tiled), q8_0 group 64 (rmsnorm: specialised avx512f), 2 threads"`.
     pub fn describe(&self) -> String {
         let t = self.threads();
         let threads = format!("{t} thread{}", if t == 1 { "" } else { "s" });
@@ -262,21 +262,19 @@ impl Backend {
         } else {
             "generic"
         };
-        let int8 = match (self.is_specialised(), self.int8) {
-            (true, Some(k)) => format!("specialised int8 {} (tiled", k.isa().name()),
-            _ => format!("generic int8 {} (", self.q8.isa().name()),
+        let (format, group, runtime) = match self.weights {
+            WeightFormat::F32 => return format!("{f32_kind} {}, {threads}", self.isa().name()),
+            WeightFormat::Q8_0 { group_size } => ("q8_0", group_size, self.q8.isa().name()),
+            WeightFormat::Q4_0 { group_size } => ("q4_0", group_size, self.q4.isa().name()),
         };
-        match self.weights {
-            WeightFormat::F32 => format!("{f32_kind} {}, {threads}", self.isa().name()),
-            WeightFormat::Q8_0 { group_size } => format!(
-                "{int8}; rmsnorm: {f32_kind} {}), q8_0 group {group_size}, {threads}",
-                self.isa().name()
-            ),
-            WeightFormat::Q4_0 { group_size } => format!(
-                "{int8}; rmsnorm: {f32_kind} {}), q4_0 group {group_size}, {threads}",
-                self.isa().name()
-            ),
-        }
+        let matrices = match (self.is_specialised(), self.int8) {
+            (true, Some(k)) => format!("specialised int8 {} (tiled)", k.isa().name()),
+            _ => format!("generic int8 {runtime}"),
+        };
+        format!(
+            "{matrices}, {format} group {group} (rmsnorm: {f32_kind} {}), {threads}",
+            self.isa().name()
+        )
     }
 
     /// Runs `f` on contiguous shares of `0..n` (one per thread) and waits for all of them.

@@ -227,8 +227,15 @@ impl Model {
             Placement::ZeroCopy => "memory-mapped in place (zero-copy)",
             Placement::Realigned => "copied once into 64-byte aligned memory",
         };
+        let tiled = match self.tiled.get() {
+            Some(t) if !t.matrices.is_empty() => format!(
+                "; {} int8 matrices tiled once into aligned memory for the generated kernels",
+                t.matrices.len()
+            ),
+            _ => String::new(),
+        };
         format!(
-            "{how}; weight matrices {}-byte aligned",
+            "{how}; weight matrices {}-byte aligned{tiled}",
             self.weight_alignment()
         )
     }
