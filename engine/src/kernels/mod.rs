@@ -4,6 +4,7 @@
 //! `weighted_sum`, `softmax`, `quantize_activations`), chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
 //! kernel is tested against. `q8` holds the int8 kernels for Q8_0 weights.
 
+pub mod int8;
 pub mod q4;
 pub mod q8;
 pub mod reference;

@@ -11,20 +11,12 @@ pub fn matmul(
     cols: usize,
     group: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let x: Vec<f64> = xq
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| v as f64 * xs[i / group] as f64)
-        .collect();
-    let w = dequantize(wq, ws, group);
-    w.chunks_exact(cols)
-        .map(|row| {
-            row.iter().zip(&x).fold((0.0, 0.0), |(s, m), (&a, &b)| {
-                let p = a * b;
-                (s + p, m + p.abs())
-            })
-        })
-        .unzip()
+    use crate::kernels::q8::reference as q8;
+    q8::product(
+        &dequantize(wq, ws, group),
+        &q8::dequantize(xq, xs, group),
+        cols,
+    )
 }
 
 /// `q * scale` per value of packed nibbles (`q = nibble - 8`, element `2i` low), in f64.

@@ -10,11 +10,14 @@ pub fn matmul(
     cols: usize,
     group: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let x: Vec<f64> = dequantize(xq, xs, group);
-    let w: Vec<f64> = dequantize(wq, ws, group);
+    product(&dequantize(wq, ws, group), &dequantize(xq, xs, group), cols)
+}
+
+/// `(W·x, Σ|w·x|)` per row of the row-major `w` (rows of `cols`) in f64.
+pub fn product(w: &[f64], x: &[f64], cols: usize) -> (Vec<f64>, Vec<f64>) {
     w.chunks_exact(cols)
         .map(|row| {
-            row.iter().zip(&x).fold((0.0, 0.0), |(s, m), (&a, &b)| {
+            row.iter().zip(x).fold((0.0, 0.0), |(s, m), (&a, &b)| {
                 let p = a * b;
                 (s + p, m + p.abs())
             })

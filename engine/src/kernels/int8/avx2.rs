@@ -1,77 +1,51 @@
 //! AVX2 int8 GEMV: `vpmaddubsw` (u8×i8 pairs → i16) then `vpmaddwd` with ones (i16 pairs →
-//! i32), so each i32 lane again covers four consecutive bytes.
+//! i32), so each i32 lane again covers four consecutive weights.
 //!
 //! Sign handling as in the VNNI kernel: `|x|` is the unsigned operand and the weight takes
 //! x's sign (`vpsignb w, x`), computed once per 32-byte chunk of x per row. No i16 saturation:
-//! |x|, |w| ≤ 127, so a pair sums to at most 2·127² = 32258 < 32767 (weights must not be -128).
+//! |x|, |w| ≤ 127, so a pair sums to at most 2·127² = 32258 < 32767 (Q8_0 weights must not be
+//! -128; Q4_0 weights lie in [-8, 7]).
 //!
 //! Two loops by group size, as in the VNNI kernel:
 //! * **packed** (groups of 4, 8, 16 or 32, a const parameter): lane `j` covers group
 //!   `4j / group` of its chunk; the chunk's scale products come from one load of exactly that
 //!   many floats, spread over the lanes with one permute (a broadcast for 32). The row tail
-//!   shorter than 32 bytes (whole groups) is summed in scalar.
-//! * **per group** (any other group size, e.g. 64): each group's full 32-byte chunks
-//!   accumulate in i32 and are scaled once; a remainder shorter than 32 bytes is summed in scalar.
+//!   shorter than 32 weights (whole groups) is summed in scalar.
+//! * **per group** (any other group size, e.g. 64): each group's full 32-weight chunks
+//!   accumulate in i32 and are scaled once; a remainder shorter than 32 weights is summed in
+//!   scalar.
 //!
-//! Rows go eight, then four, then one at a time, with the next tile prefetched, as in the
-//! VNNI kernel; results do not depend on the tiling.
+//! Rows go [`Weights::TILE`], then four, then one at a time, with the next tile prefetched
+//! once per 64-byte line of weights, as in the VNNI kernel; results do not depend on the
+//! tiling.
 
 use core::arch::x86_64::*;
 
-/// Bytes per vector.
+use super::{dot_tail, prefetch, Weights};
+
+/// Weights per chunk (32 int8 lanes).
 const W: usize = 32;
 
 /// # Safety
-/// AVX2 and FMA must be available; lengths as in [`super::Q8MatmulFn`].
+/// AVX2 and FMA must be available; lengths as in [`super::MatmulFn`].
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn matmul(
+pub unsafe fn matmul<F: Weights>(
     out: &mut [f32],
-    wq: &[i8],
+    wq: &[F::Unit],
     ws: &[f32],
     xq: &[i8],
     xs: &[f32],
     cols: usize,
     group: usize,
 ) {
-    let rows = out.len();
-    let per_row = cols / group;
-    let (o, w, s) = (out.as_mut_ptr(), wq.as_ptr(), ws.as_ptr());
-    let (x, xsp) = (xq.as_ptr(), xs.as_ptr());
-    let mut r = 0;
-    while r < rows {
-        let (o, w, s) = (o.add(r), w.add(r * cols), s.add(r * per_row));
-        let tile = [8, 4, 1].into_iter().find(|&t| r + t <= rows).unwrap_or(1);
-        macro_rules! packed {
-            ($g:literal) => {
-                match tile {
-                    8 => packed_rows::<$g, 8>(o, w, s, x, xsp, cols),
-                    4 => packed_rows::<$g, 4>(o, w, s, x, xsp, cols),
-                    _ => packed_rows::<$g, 1>(o, w, s, x, xsp, cols),
-                }
-            };
-        }
-        match group {
-            4 => packed!(4),
-            8 => packed!(8),
-            16 => packed!(16),
-            32 => packed!(32),
-            _ => match tile {
-                8 => group_rows::<8>(o, w, s, x, xsp, cols, group),
-                4 => group_rows::<4>(o, w, s, x, xsp, cols, group),
-                _ => group_rows::<1>(o, w, s, x, xsp, cols, group),
-            },
-        }
-        r += tile;
-    }
+    tiled_rows!(F, out, wq, ws, xq, xs, cols, group, [4, 8, 16, 32])
 }
 
-/// Asks for the line at `w + offset` of the next tile (see the VNNI kernel: short rows keep
-/// the hardware prefetchers from ramping up; with eight-row tiles this made the kernel about
-/// 1.7× faster from DRAM here).
+/// Whether the chunk at weight `at` of a row starts a 64-byte line of `F`'s weights (relative
+/// to the row), where one prefetch serves the whole line.
 #[inline(always)]
-fn prefetch_next_tile(w: *const i8, offset: usize) {
-    // SAFETY: prefetching never faults and reads nothing architecturally.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(offset)) }
+fn starts_line<F: Weights>(at: usize) -> bool {
+    (at / F::PER_UNIT * size_of::<F::Unit>()).is_multiple_of(64)
 }
 
 #[inline]
@@ -83,18 +57,12 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Four-byte dot products per i32 lane of one 32-byte chunk: `Σ4 |x| · (w with x's sign)`.
+/// Four-weight dot products per i32 lane of one chunk: `Σ4 |x| · (w with x's sign)`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot(xa: __m256i, x: __m256i, w: *const i8) -> __m256i {
-    let w = _mm256_sign_epi8(_mm256_loadu_si256(w.cast()), x);
+unsafe fn dot(xa: __m256i, x: __m256i, w: __m256i) -> __m256i {
+    let w = _mm256_sign_epi8(w, x);
     _mm256_madd_epi16(_mm256_maddubs_epi16(xa, w), _mm256_set1_epi16(1))
-}
-
-/// Exact i32 dot product of `n` bytes (the scalar tails).
-#[inline]
-unsafe fn dot_scalar(w: *const i8, x: *const i8, n: usize) -> i32 {
-    (0..n).map(|i| *w.add(i) as i32 * *x.add(i) as i32).sum()
 }
 
 /// The `W / G` floats at `p` in the low lanes (exactly that many are read).
@@ -112,16 +80,17 @@ unsafe fn load_group_scales<const G: usize>(p: *const f32) -> __m256 {
 /// `R` rows, group size `G` (4 to 32).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn packed_rows<const G: usize, const R: usize>(
+unsafe fn packed_rows<F: Weights, const G: usize, const R: usize>(
     out: *mut f32,
-    w: *const i8,
+    w: *const F::Unit,
     ws: *const f32,
     xq: *const i8,
     xs: *const f32,
     cols: usize,
 ) {
     let per_row = cols / G;
-    // Lane j covers bytes 4j..4j+4: group 4j / G = j >> log2(G / 4).
+    let stride = cols / F::PER_UNIT;
+    // Lane j covers weights 4j..4j+4: group 4j / G = j >> log2(G / 4).
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let lane_group = _mm256_srlv_epi32(iota, _mm256_set1_epi32(G.trailing_zeros() as i32 - 2));
     let full = cols / W * W;
@@ -132,9 +101,12 @@ unsafe fn packed_rows<const G: usize, const R: usize>(
         let xa = _mm256_abs_epi8(x);
         let g0 = start / G;
         let x_scales = load_group_scales::<G>(xs.add(g0));
+        let at = start / F::PER_UNIT;
         for (r, acc) in acc.iter_mut().enumerate() {
-            prefetch_next_tile(w, (R + r) * cols + start);
-            let d = dot(xa, x, w.add(r * cols + start));
+            if starts_line::<F>(start) {
+                prefetch(w, (R + r) * stride + at);
+            }
+            let d = dot(xa, x, F::load_avx2(w.add(r * stride + at)));
             let scales = if G == W {
                 _mm256_set1_ps(*ws.add(r * per_row + g0) * *xs.add(g0))
             } else {
@@ -150,7 +122,7 @@ unsafe fn packed_rows<const G: usize, const R: usize>(
         let mut at = full;
         while at < cols {
             let g = at / G;
-            let d = dot_scalar(w.add(r * cols + at), xq.add(at), G);
+            let d = dot_tail::<F>(w.add(r * stride), at, xq.add(at), G);
             tail += d as f32 * (*ws.add(r * per_row + g) * *xs.add(g));
             at += G;
         }
@@ -158,12 +130,12 @@ unsafe fn packed_rows<const G: usize, const R: usize>(
     }
 }
 
-/// `R` rows, any group size.
+/// `R` rows, any group size (a multiple of `PER_UNIT`).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn group_rows<const R: usize>(
+unsafe fn group_rows<F: Weights, const R: usize>(
     out: *mut f32,
-    w: *const i8,
+    w: *const F::Unit,
     ws: *const f32,
     xq: *const i8,
     xs: *const f32,
@@ -171,6 +143,7 @@ unsafe fn group_rows<const R: usize>(
     group: usize,
 ) {
     let per_row = cols / group;
+    let stride = cols / F::PER_UNIT;
     let full = group / W * W;
     let mut acc = [_mm256_setzero_ps(); R];
     let mut tail = [0.0f32; R];
@@ -183,11 +156,13 @@ unsafe fn group_rows<const R: usize>(
             while at < full {
                 let x = _mm256_loadu_si256(xq.add(base + at).cast());
                 let xa = _mm256_abs_epi8(x);
+                let unit = (base + at) / F::PER_UNIT;
                 for (r, d) in d.iter_mut().enumerate() {
-                    if at % 64 == 0 {
-                        prefetch_next_tile(w, (R + r) * cols + base + at);
+                    if starts_line::<F>(at) {
+                        prefetch(w, (R + r) * stride + unit);
                     }
-                    *d = _mm256_add_epi32(*d, dot(xa, x, w.add(r * cols + base + at)));
+                    let wv = F::load_avx2(w.add(r * stride + unit));
+                    *d = _mm256_add_epi32(*d, dot(xa, x, wv));
                 }
                 at += W;
             }
@@ -198,8 +173,9 @@ unsafe fn group_rows<const R: usize>(
         }
         if full < group {
             for (r, tail) in tail.iter_mut().enumerate() {
-                let d = dot_scalar(
-                    w.add(r * cols + base + full),
+                let d = dot_tail::<F>(
+                    w.add(r * stride),
+                    base + full,
                     xq.add(base + full),
                     group - full,
                 );

@@ -1,19 +1,22 @@
-//! NEON int8 GEMV. Two ways to get four-byte dot products per i32 lane of a 16-byte chunk:
+//! NEON int8 GEMV. Two ways to get four-weight dot products per i32 lane of a 16-weight chunk:
 //! * `sdot` (Armv8.2 dot product), signed × signed, so no sign trick. `vdotq_s32` is not
 //!   stable in the toolchains here, hence `asm!` under `#[target_feature(enable = "dotprod")]`,
 //!   used only when the CPU reports `dotprod`;
 //! * a widening-multiply fallback: `smull`/`smull2` (i8×i8 → i16, exact), two pairwise
-//!   widening adds (→ i32) and one pairwise add, which leaves lane `j` with bytes `4j..4j+4`
+//!   widening adds (→ i32) and one pairwise add, which leaves lane `j` with weights `4j..4j+4`
 //!   exactly as `sdot` does.
 //!
-//! Both share one kernel body (a macro instantiated per primitive) with the two loops of the
-//! x86 kernels: **packed** for groups 4, 8 and 16 (lane `j` belongs to group `4j / group`,
-//! row tails shorter than 16 bytes in scalar), **per group** for any other group (full chunks
+//! Both share one kernel body (a macro instantiated per primitive, so that the `sdot`
+//! template is only ever assembled inside a `dotprod` function) with the two loops of the x86
+//! kernels: **packed** for groups 4, 8 and 16 (lane `j` belongs to group `4j / group`, row
+//! tails shorter than 16 weights in scalar), **per group** for any other group (full chunks
 //! in i32, remainder in scalar).
 
 use core::arch::aarch64::*;
 
-/// Bytes per vector.
+use super::{dot_tail, Weights};
+
+/// Weights per chunk (16 int8 lanes).
 const W: usize = 16;
 
 /// `acc + Σ4 a·b` per i32 lane with the `sdot` instruction.
@@ -40,12 +43,6 @@ unsafe fn dot_widen(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     vaddq_s32(acc, vpaddq_s32(lo, hi))
 }
 
-/// Exact i32 dot product of `n` bytes (the scalar tails).
-#[inline]
-unsafe fn dot_scalar(w: *const i8, x: *const i8, n: usize) -> i32 {
-    (0..n).map(|i| *w.add(i) as i32 * *x.add(i) as i32).sum()
-}
-
 /// Per-lane scales of one chunk for a packed group (4, 8 or 16): lane `j` gets the scale
 /// product of group `4j / group`.
 #[inline]
@@ -61,14 +58,21 @@ unsafe fn lane_scales(ws: *const f32, xs: *const f32, group: usize) -> float32x4
     }
 }
 
+/// The 16 weights from weight `at` of the row at `w`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn load<F: Weights>(w: *const F::Unit, at: usize) -> int8x16_t {
+    F::load_neon(w.add(at / F::PER_UNIT))
+}
+
 macro_rules! kernel {
     ($name:ident, $features:literal, $dot:ident) => {
         /// # Safety
-        /// The CPU must support the enabled features; lengths as in [`super::Q8MatmulFn`].
+        /// The CPU must support the enabled features; lengths as in [`super::MatmulFn`].
         #[target_feature(enable = $features)]
-        pub unsafe fn $name(
+        pub unsafe fn $name<F: Weights>(
             out: &mut [f32],
-            wq: &[i8],
+            wq: &[F::Unit],
             ws: &[f32],
             xq: &[i8],
             xs: &[f32],
@@ -79,14 +83,14 @@ macro_rules! kernel {
             let per_row = cols / group;
             let (xp, xsp) = (xq.as_ptr(), xs.as_ptr());
             for (r, o) in out.iter_mut().enumerate() {
-                let w = wq.as_ptr().add(r * cols);
+                let w = wq.as_ptr().add(r * cols / F::PER_UNIT);
                 let s = ws.as_ptr().add(r * per_row);
                 *o = if packed {
                     let full = cols / W * W;
                     let mut acc = vdupq_n_f32(0.0);
                     let mut at = 0;
                     while at < full {
-                        let d = $dot(vdupq_n_s32(0), vld1q_s8(w.add(at)), vld1q_s8(xp.add(at)));
+                        let d = $dot(vdupq_n_s32(0), load::<F>(w, at), vld1q_s8(xp.add(at)));
                         let g = at / group;
                         acc = vfmaq_f32(
                             acc,
@@ -98,7 +102,7 @@ macro_rules! kernel {
                     let mut tail = 0.0f32;
                     while at < cols {
                         let g = at / group;
-                        tail += dot_scalar(w.add(at), xp.add(at), group) as f32
+                        tail += dot_tail::<F>(w, at, xp.add(at), group) as f32
                             * (*s.add(g) * *xsp.add(g));
                         at += group;
                     }
@@ -114,20 +118,15 @@ macro_rules! kernel {
                             let mut d = vdupq_n_s32(0);
                             let mut at = 0;
                             while at < full {
-                                d = $dot(
-                                    d,
-                                    vld1q_s8(w.add(base + at)),
-                                    vld1q_s8(xp.add(base + at)),
-                                );
+                                d = $dot(d, load::<F>(w, base + at), vld1q_s8(xp.add(base + at)));
                                 at += W;
                             }
                             acc = vfmaq_n_f32(acc, vcvtq_f32_s32(d), scale);
                         }
                         if full < group {
-                            tail +=
-                                dot_scalar(w.add(base + full), xp.add(base + full), group - full)
-                                    as f32
-                                    * scale;
+                            tail += dot_tail::<F>(w, base + full, xp.add(base + full), group - full)
+                                as f32
+                                * scale;
                         }
                     }
                     vaddvq_f32(acc) + tail
