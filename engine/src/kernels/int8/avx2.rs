@@ -21,6 +21,8 @@
 
 use core::arch::x86_64::*;
 
+use crate::kernels::avx2::hsum;
+
 use super::{dot_tail, prefetch, Weights};
 
 /// Weights per chunk (32 int8 lanes).
@@ -46,15 +48,6 @@ pub unsafe fn matmul<F: Weights>(
 #[inline(always)]
 fn starts_line<F: Weights>(at: usize) -> bool {
     (at / F::PER_UNIT * size_of::<F::Unit>()).is_multiple_of(64)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 /// Four-weight dot products per i32 lane of one chunk: `Σ4 |x| · (w with x's sign)`.
