@@ -1,5 +1,6 @@
 //! Specialised (generated for the compiled MODEL_CONFIG) against generic (runtime-shape)
-//! kernels: every GEMV shape of the model, RMSNorm, and one whole decode step.
+//! kernels: every GEMV shape of the model (f32, and Q8_0 / Q4_0 where tiled), RMSNorm, and one
+//! whole decode step.
 //! Same inputs, same thread count (one), same ISA (the best this CPU has).
 //!
 //! `cargo bench -p benches` uses the default config; `MODEL_CONFIG=stories110m cargo bench -p benches`
@@ -51,6 +52,68 @@ fn gemv(c: &mut Criterion) {
         for (name, b) in backends() {
             group.bench_function(BenchmarkId::new(format!("{rows}x{cols}"), name), |bench| {
                 bench.iter(|| b.gemv(m, black_box(&mut out), black_box(&w), black_box(&x)))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// The Q8_0 and Q4_0 GEMVs of every shape the generator tiled: the generated kernel on the
+/// tiled copy against the runtime-shape kernel on the file's layout, same weights and input.
+fn int8_gemv(c: &mut Criterion) {
+    use engine::kernels::q4::Q4Kernels;
+    use engine::kernels::q8::Q8Kernels;
+    use engine::quant::{quantize_activations, Q4Ref, Q8Ref};
+    use model_config::tiled;
+
+    let Some(int8) = engine::backend::generated_int8_kernels() else {
+        return;
+    };
+    let (q8, q4) = (Q8Kernels::detect(), Q4Kernels::detect());
+    let mut rng = Rng::new(2);
+    let mut group = c.benchmark_group("int8_gemv");
+    let shapes = generated::Q8_SHAPES.iter().map(|&s| (false, s));
+    for (is_q4, (rows, cols)) in shapes.chain(generated::Q4_SHAPES.iter().map(|&s| (true, s))) {
+        let g = if is_q4 { generated::Q4_GROUP } else { generated::Q8_GROUP };
+        let x = rng.vec(cols);
+        let (mut xq, mut xs) = (vec![0i8; cols], vec![0f32; cols / g]);
+        quantize_activations(&x, g, &mut xq, &mut xs);
+        let mut tx = vec![0i8; cols];
+        tiled::tile_input(&xq, g, &mut tx);
+        let offset = if is_q4 { tiled::Q4_OFFSET } else { tiled::Q8_OFFSET };
+        let mut corr = vec![0i32; cols / 4];
+        tiled::input_correction(&tx, offset, &mut corr);
+        let ws: Vec<f32> = (0..rows * cols / g).map(|i| 0.01 + (i % 7) as f32 * 1e-3).collect();
+        let mut tws = vec![0f32; ws.len()];
+        let mut out = vec![0.0; rows];
+        let name = if is_q4 { "q4_0" } else { "q8_0" };
+        let id = |kind: &str| BenchmarkId::new(format!("{name} {rows}x{cols}"), kind);
+        let x_ref = Q8Ref { q: &xq, scales: &xs, group: g };
+        if is_q4 {
+            let w: Vec<u8> = (0..rows * cols / 2).map(|i| (i * 37 % 256) as u8).collect();
+            let mut tw = vec![0u8; w.len()];
+            tiled::tile_q4(&w, &ws, cols, g, &mut tw, &mut tws);
+            group.throughput(Throughput::Bytes((w.len() + ws.len() * 4) as u64));
+            let k = int8.q4(rows, cols, g).expect("a listed shape");
+            group.bench_function(id("specialised"), |b| {
+                b.iter(|| k.run(&tw, &tws, &tx, &xs, &corr, black_box(&mut out)))
+            });
+            let w_ref = Q4Ref { q: &w, scales: &ws, group: g };
+            group.bench_function(id("generic"), |b| {
+                b.iter(|| q4.matmul(black_box(&mut out), w_ref, x_ref))
+            });
+        } else {
+            let w: Vec<i8> = (0..rows * cols).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+            let mut tw = vec![0i8; w.len()];
+            tiled::tile_q8(&w, &ws, cols, g, &mut tw, &mut tws);
+            group.throughput(Throughput::Bytes((w.len() + ws.len() * 4) as u64));
+            let k = int8.q8(rows, cols, g).expect("a listed shape");
+            group.bench_function(id("specialised"), |b| {
+                b.iter(|| k.run(&tw, &tws, &tx, &xs, &corr, black_box(&mut out)))
+            });
+            let w_ref = Q8Ref { q: &w, scales: &ws, group: g };
+            group.bench_function(id("generic"), |b| {
+                b.iter(|| q8.matmul(black_box(&mut out), w_ref, x_ref))
             });
         }
     }
@@ -113,5 +176,5 @@ fn decode_step(c: &mut Criterion) {
     std::fs::remove_file(path).ok();
 }
 
-criterion_group!(benches, gemv, rmsnorm, decode_step);
+criterion_group!(benches, gemv, int8_gemv, rmsnorm, decode_step);
 criterion_main!(benches);

@@ -66,6 +66,16 @@ pub struct Backend {
     pool: Pool,
 }
 
+/// The generated int8 kernels for the best int8 path this CPU has, if any were generated for it
+/// (benchmarks and tests; sessions choose theirs in [`Backend::specialised`]).
+pub fn generated_int8_kernels() -> Option<generated::Int8Kernels> {
+    let compiled = compiled_config();
+    Backend::specialised(&compiled, Path::new("compiled"), None)
+        .ok()
+        .flatten()
+        .and_then(|b| b.int8())
+}
+
 /// The shape this binary was compiled for (`MODEL_CONFIG` at build time).
 pub fn compiled_config() -> ModelConfig {
     ModelConfig::from_toml_str(generated::CONFIG_TOML).expect("the generated config is valid")
