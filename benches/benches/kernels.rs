@@ -74,21 +74,35 @@ fn int8_gemv(c: &mut Criterion) {
     let mut group = c.benchmark_group("int8_gemv");
     let shapes = generated::Q8_SHAPES.iter().map(|&s| (false, s));
     for (is_q4, (rows, cols)) in shapes.chain(generated::Q4_SHAPES.iter().map(|&s| (true, s))) {
-        let g = if is_q4 { generated::Q4_GROUP } else { generated::Q8_GROUP };
+        let g = if is_q4 {
+            generated::Q4_GROUP
+        } else {
+            generated::Q8_GROUP
+        };
         let x = rng.vec(cols);
         let (mut xq, mut xs) = (vec![0i8; cols], vec![0f32; cols / g]);
         quantize_activations(&x, g, &mut xq, &mut xs);
         let mut tx = vec![0i8; cols];
         tiled::tile_input(&xq, g, &mut tx);
-        let offset = if is_q4 { tiled::Q4_OFFSET } else { tiled::Q8_OFFSET };
+        let offset = if is_q4 {
+            tiled::Q4_OFFSET
+        } else {
+            tiled::Q8_OFFSET
+        };
         let mut corr = vec![0i32; cols / 4];
         tiled::input_correction(&tx, offset, &mut corr);
-        let ws: Vec<f32> = (0..rows * cols / g).map(|i| 0.01 + (i % 7) as f32 * 1e-3).collect();
+        let ws: Vec<f32> = (0..rows * cols / g)
+            .map(|i| 0.01 + (i % 7) as f32 * 1e-3)
+            .collect();
         let mut tws = vec![0f32; ws.len()];
         let mut out = vec![0.0; rows];
         let name = if is_q4 { "q4_0" } else { "q8_0" };
         let id = |kind: &str| BenchmarkId::new(format!("{name} {rows}x{cols}"), kind);
-        let x_ref = Q8Ref { q: &xq, scales: &xs, group: g };
+        let x_ref = Q8Ref {
+            q: &xq,
+            scales: &xs,
+            group: g,
+        };
         if is_q4 {
             let w: Vec<u8> = (0..rows * cols / 2).map(|i| (i * 37 % 256) as u8).collect();
             let mut tw = vec![0u8; w.len()];
@@ -98,12 +112,18 @@ fn int8_gemv(c: &mut Criterion) {
             group.bench_function(id("specialised"), |b| {
                 b.iter(|| k.run(&tw, &tws, &tx, &xs, &corr, black_box(&mut out)))
             });
-            let w_ref = Q4Ref { q: &w, scales: &ws, group: g };
+            let w_ref = Q4Ref {
+                q: &w,
+                scales: &ws,
+                group: g,
+            };
             group.bench_function(id("generic"), |b| {
                 b.iter(|| q4.matmul(black_box(&mut out), w_ref, x_ref))
             });
         } else {
-            let w: Vec<i8> = (0..rows * cols).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+            let w: Vec<i8> = (0..rows * cols)
+                .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+                .collect();
             let mut tw = vec![0i8; w.len()];
             tiled::tile_q8(&w, &ws, cols, g, &mut tw, &mut tws);
             group.throughput(Throughput::Bytes((w.len() + ws.len() * 4) as u64));
@@ -111,7 +131,11 @@ fn int8_gemv(c: &mut Criterion) {
             group.bench_function(id("specialised"), |b| {
                 b.iter(|| k.run(&tw, &tws, &tx, &xs, &corr, black_box(&mut out)))
             });
-            let w_ref = Q8Ref { q: &w, scales: &ws, group: g };
+            let w_ref = Q8Ref {
+                q: &w,
+                scales: &ws,
+                group: g,
+            };
             group.bench_function(id("generic"), |b| {
                 b.iter(|| q8.matmul(black_box(&mut out), w_ref, x_ref))
             });
