@@ -165,23 +165,25 @@ fn thread_count_does_not_change_logits() {
             };
             b.with_threads(threads)
         };
-        let mut one = Session::new(&model, make(1));
-        let mut many: Vec<Session> = [2, 3]
-            .iter()
-            .map(|&t| Session::new(&model, make(t)))
-            .collect();
-        let mut token = 1;
-        for pos in 0..128 {
-            let want = one.step(token).unwrap().to_vec();
-            for s in &mut many {
-                let what = s.backend().describe();
-                assert_eq!(
-                    s.step(token).unwrap(),
-                    &want[..],
-                    "{what} at position {pos}"
-                );
+        for kv in [KvCacheType::F32, KvCacheType::F16] {
+            let mut one = Session::with_kv_cache(&model, make(1), kv);
+            let mut many: Vec<Session> = [2, 3]
+                .iter()
+                .map(|&t| Session::with_kv_cache(&model, make(t), kv))
+                .collect();
+            let mut token = 1;
+            for pos in 0..128 {
+                let want = one.step(token).unwrap().to_vec();
+                for s in &mut many {
+                    let what = s.backend().describe();
+                    assert_eq!(
+                        s.step(token).unwrap(),
+                        &want[..],
+                        "{what}, {kv} KV cache, at position {pos}"
+                    );
+                }
+                token = engine::sampler::argmax(&want);
             }
-            token = engine::sampler::argmax(&want);
         }
     }
 }
