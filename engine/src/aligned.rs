@@ -46,6 +46,45 @@ impl std::fmt::Debug for AlignedVec {
     }
 }
 
+/// A zero-initialised, 64-byte aligned, fixed-length buffer of binary16 bits (the f16 KV
+/// cache; see [`crate::fp16`]).
+pub struct AlignedHalf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl AlignedHalf {
+    /// `len` zeros (+0.0 in binary16).
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0.0; 16]); len.div_ceil(32)],
+            len,
+        }
+    }
+}
+
+impl Deref for AlignedHalf {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        // SAFETY: the lines are `64 * lines.len() >= 2 * len` contiguous initialised bytes,
+        // aligned for u16, and every bit pattern is a valid u16.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedHalf {
+    fn deref_mut(&mut self) -> &mut [u16] {
+        // SAFETY: as in `deref`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for AlignedHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedHalf(len {})", self.len)
+    }
+}
+
 /// A 64-byte aligned byte buffer for a realigned copy of a checkpoint.
 pub struct AlignedBytes {
     lines: Vec<Line>,

@@ -10,7 +10,7 @@ use crate::backend::{Backend, Matrix};
 use crate::kernels::GenericKernels;
 use crate::model::Weights;
 use crate::pool::SyncPtr;
-use crate::state::{Rope, RunState};
+use crate::state::{KvRows, Rope, RunState};
 
 /// Runs token `token` at position `pos` and returns the logits. Allocates nothing.
 ///
@@ -50,16 +50,16 @@ pub fn forward<'s>(
         rope.rotate(&mut s.k, pos);
 
         // The cache is (layer, kv head, position, head_dim): store this position per head.
+        // An f16 cache rounds the rows as they are stored.
+        let kernels = b.attention_kernels();
         let layer = l * c.n_kv_heads * c.seq_len * hs;
         let head_span = c.seq_len * hs;
         for kh in 0..c.n_kv_heads {
             let at = layer + kh * head_span + pos * hs;
-            s.key_cache[at..at + hs].copy_from_slice(&s.k[kh * hs..(kh + 1) * hs]);
-            s.value_cache[at..at + hs].copy_from_slice(&s.v[kh * hs..(kh + 1) * hs]);
+            let (k, v) = (&s.k[kh * hs..(kh + 1) * hs], &s.v[kh * hs..(kh + 1) * hs]);
+            s.kv.store(kernels, at, k, v);
         }
-        let keys = &s.key_cache[layer..layer + c.n_kv_heads * head_span];
-        let values = &s.value_cache[layer..layer + c.n_kv_heads * head_span];
-        let kernels = b.attention_kernels();
+        let kv = s.kv.rows(layer..layer + c.n_kv_heads * head_span);
         let (q, att, out) = (
             &s.q[..],
             SyncPtr(s.att.as_mut_ptr()),
@@ -73,12 +73,11 @@ pub fn forward<'s>(
                     std::slice::from_raw_parts_mut(att.get().add(h * c.seq_len), pos + 1)
                 };
                 let out = unsafe { std::slice::from_raw_parts_mut(out.get().add(h * hs), hs) };
-                let kv = (h / kv_group) * head_span..(h / kv_group) * head_span + (pos + 1) * hs;
+                let head = (h / kv_group) * head_span;
                 attend(
                     kernels,
                     &q[h * hs..(h + 1) * hs],
-                    &keys[kv.clone()],
-                    &values[kv],
+                    kv.slice(head..head + (pos + 1) * hs),
                     inv_sqrt_hs,
                     att,
                     out,
@@ -109,20 +108,25 @@ pub fn forward<'s>(
 }
 
 /// One head's attention over positions `0..=pos`: scores, softmax, weighted sum of values.
-/// `keys` and `values` are this head's `(pos + 1, head_dim)` rows, contiguous.
+/// `kv` holds this head's `(pos + 1, head_dim)` key and value rows, contiguous.
 fn attend(
     kernels: &GenericKernels,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: KvRows,
     inv_sqrt_hs: f32,
     att: &mut [f32],
     out: &mut [f32],
 ) {
     // The scores are a GEMV: one row per position, head_dim columns.
-    kernels.matmul(att, keys, q);
+    match kv {
+        KvRows::F32 { keys, .. } => kernels.matmul(att, keys, q),
+        KvRows::F16 { keys, .. } => kernels.matmul_f16(att, keys, q),
+    }
     kernels.softmax(att, inv_sqrt_hs);
-    kernels.weighted_sum(out, att, values);
+    match kv {
+        KvRows::F32 { values, .. } => kernels.weighted_sum(out, att, values),
+        KvRows::F16 { values, .. } => kernels.weighted_sum_f16(out, att, values),
+    }
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

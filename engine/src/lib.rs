@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod fixtures;
 pub mod forward;
+pub mod fp16;
 pub mod generate;
 pub mod kernels;
 pub mod model;

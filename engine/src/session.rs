@@ -5,7 +5,7 @@ use thiserror::Error;
 use crate::backend::Backend;
 use crate::forward::forward;
 use crate::model::{Model, Weights};
-use crate::state::{Rope, RunState};
+use crate::state::{KvCacheType, Rope, RunState};
 
 /// Why a decode step was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -37,10 +37,15 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
-    /// Allocates every buffer the decode loop needs, once.
+    /// Allocates every buffer the decode loop needs, once, with an f32 KV cache.
     pub fn new(model: &'m Model, backend: Backend) -> Self {
+        Self::with_kv_cache(model, backend, KvCacheType::F32)
+    }
+
+    /// As [`Session::new`], with a KV cache of type `kv`.
+    pub fn with_kv_cache(model: &'m Model, backend: Backend, kv: KvCacheType) -> Self {
         let cfg = model.config();
-        let mut state = RunState::new(cfg);
+        let mut state = RunState::with_kv_cache(cfg, kv);
         // Int8 matrices with a generated kernel run on a tiled copy (made once per model).
         let weights = if backend.tiles_int8() && cfg.weight_format.group_size().is_some() {
             state.xq.tile_inputs();
@@ -61,6 +66,11 @@ impl<'m> Session<'m> {
     /// The kernels in use.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_cache(&self) -> KvCacheType {
+        self.state.kv.kind()
     }
 
     /// The model.

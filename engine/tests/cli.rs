@@ -358,4 +358,21 @@ fn bad_flags_are_clear_errors() {
         let o = baremetal(&["generate", "--generic", "--ids", "--model", m, flag, value]);
         assert_clear_error(&o, &[]);
     }
+    for cmd in ["generate", "bench", "eval"] {
+        let o = baremetal(&[cmd, "--model", m, "--kv-cache", "f8"]);
+        assert_clear_error(&o, &["--kv-cache", "f8", "f32 or f16"]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+    }
+    let o = baremetal(&[
+        "generate",
+        "--generic",
+        "--ids",
+        "--model",
+        m,
+        "--steps",
+        "4",
+        "--kv-cache",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -1,5 +1,5 @@
 //! A decode step performs zero heap allocations, on every backend, for f32, Q8_0 and Q4_0
-//! weights.
+//! weights, with an f32 or an f16 KV cache.
 
 mod common;
 
@@ -11,6 +11,7 @@ use engine::kernels::q8::{Q8Isa, Q8Kernels};
 use engine::kernels::Isa;
 use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
 use engine::sampler::{Sampler, SamplerConfig};
+use engine::state::KvCacheType;
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat};
 
@@ -103,36 +104,44 @@ fn decode_steps_do_not_allocate() {
         write_q4_checkpoint(&odd_model, group, &p).unwrap();
         odd_q4.push(Model::open(&p, Realign::Never).unwrap());
     }
-    let mut runs: Vec<(&Model, Backend)> = Vec::new();
-    for &isa in Isa::all() {
-        if let Some(b) = Backend::specialised(model.config(), &path, Some(isa)).unwrap() {
-            runs.push((&model, b));
+    // Backends are not Clone (they may own a thread pool): build the list once per cache type.
+    let make_runs = || {
+        let mut runs: Vec<(&Model, Backend)> = Vec::new();
+        for &isa in Isa::all() {
+            if let Some(b) = Backend::specialised(model.config(), &path, Some(isa)).unwrap() {
+                runs.push((&model, b));
+            }
+            if let Some(b) = Backend::specialised(q8_model.config(), &q8_path, Some(isa)).unwrap() {
+                runs.push((&q8_model, b));
+            }
+            if let Some(b) = Backend::specialised(q4_model.config(), &q4_path, Some(isa)).unwrap() {
+                runs.push((&q4_model, b));
+            }
+            if let Some(b) = Backend::generic(Some(isa)) {
+                runs.push((&odd_model, b));
+            }
         }
-        if let Some(b) = Backend::specialised(q8_model.config(), &q8_path, Some(isa)).unwrap() {
-            runs.push((&q8_model, b));
+        for k in Q8Isa::all().iter().filter_map(|&i| Q8Kernels::for_isa(i)) {
+            for m in &odd_q8 {
+                runs.push((m, Backend::generic(None).unwrap().with_q8(k)));
+            }
         }
-        if let Some(b) = Backend::specialised(q4_model.config(), &q4_path, Some(isa)).unwrap() {
-            runs.push((&q4_model, b));
+        for k in Q8Isa::all().iter().filter_map(|&i| Q4Kernels::for_isa(i)) {
+            for m in &odd_q4 {
+                runs.push((m, Backend::generic(None).unwrap().with_q4(k)));
+            }
         }
-        if let Some(b) = Backend::generic(Some(isa)) {
-            runs.push((&odd_model, b));
-        }
-    }
-    for k in Q8Isa::all().iter().filter_map(|&i| Q8Kernels::for_isa(i)) {
-        for m in &odd_q8 {
-            runs.push((m, Backend::generic(None).unwrap().with_q8(k)));
-        }
-    }
-    for k in Q8Isa::all().iter().filter_map(|&i| Q4Kernels::for_isa(i)) {
-        for m in &odd_q4 {
-            runs.push((m, Backend::generic(None).unwrap().with_q4(k)));
-        }
-    }
-    assert!(runs.len() >= 4);
-    for (m, backend) in runs {
-        let what = backend.describe();
+        runs
+    };
+    let runs: Vec<_> = [KvCacheType::F32, KvCacheType::F16]
+        .into_iter()
+        .flat_map(|kv| make_runs().into_iter().map(move |r| (r, kv)))
+        .collect();
+    assert!(runs.len() >= 8);
+    for ((m, backend), kv) in runs {
+        let what = format!("{}, {kv} KV cache", backend.describe());
         let vocab = m.config().vocab_size;
-        let mut session = Session::new(m, backend);
+        let mut session = Session::with_kv_cache(m, backend, kv);
         let mut sampler = Sampler::new(
             vocab,
             SamplerConfig {

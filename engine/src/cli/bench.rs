@@ -132,7 +132,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let probe_bytes = (8 * last_level_cache_bytes()).clamp(256 << 20, 1 << 30);
     let bw = bandwidth::measure(probe_bytes, 8, isa, threads);
 
-    let mut session = Session::new(&model, backend);
+    let kv_cache = a.run.kv_cache;
+    let mut session = Session::with_kv_cache(&model, backend, kv_cache);
     let mut token = engine::generate::BOS;
     for _ in 0..a.warmup.min(cfg.seq_len) {
         token = argmax(session.step(token)?);
@@ -198,6 +199,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "threads": threads,
             "format": format,
             "weight_format": cfg.weight_format.to_string(),
+            "kv_cache": kv_cache.name(),
             "placement": model.placement_summary(),
             "isa": isa.name(),
             "specialised": specialised,
@@ -207,7 +209,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     println!("model      {} ({})", path.display(), cfg.shape_summary());
     println!(
-        "format     {format}, weights {}; {}",
+        "format     {format}, weights {}, KV cache {kv_cache}; {}",
         cfg.weight_format,
         model.placement_summary()
     );

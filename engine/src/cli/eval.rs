@@ -12,7 +12,8 @@ pub struct EvalArgs {
     /// The f32 reference checkpoint (llama2.c v0 or v1).
     #[arg(long)]
     model: PathBuf,
-    /// The quantised checkpoint to compare (llama2.c v2 Q8_0 or baremetal v3 Q4_0, same shape).
+    /// The quantised checkpoint to compare (llama2.c v2 Q8_0 or baremetal v3 Q4_0, same shape;
+    /// or the f32 checkpoint itself, with `--kv-cache f16`, to measure the cache alone).
     #[arg(long)]
     quantized: PathBuf,
     /// Positions to compare: the reference's greedy continuation of BOS, clamped to the context.
@@ -52,7 +53,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let mut rs = Session::new(&reference, rb);
-    let mut cs = Session::new(&candidate, cb);
+    // The reference keeps llama2.c's f32 cache; `--kv-cache` is part of the candidate, so
+    // `--quantized` may name the reference itself to measure the cache type alone.
+    let mut cs = Session::with_kv_cache(&candidate, cb, a.run.kv_cache);
     let (rk, ck) = (rs.backend().describe(), cs.backend().describe());
     let c = compare(&mut rs, &mut cs, steps)?;
     if a.json {
@@ -61,6 +64,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "candidate": a.quantized.display().to_string(),
             "reference_weights": rc.weight_format.to_string(),
             "candidate_weights": cc.weight_format.to_string(),
+            "candidate_kv_cache": a.run.kv_cache.name(),
             "positions": c.positions,
             "greedy_agreement": c.agreement,
             "argmax_matches": c.argmax_matches,
@@ -83,10 +87,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         rc.weight_format
     );
     println!(
-        "candidate  {} ({}, {})",
+        "candidate  {} ({}, {}, {} KV cache)",
         a.quantized.display(),
         candidate.format(),
-        cc.weight_format
+        cc.weight_format,
+        a.run.kv_cache
     );
     println!("kernels    reference: {rk}; candidate: {ck}");
     println!(

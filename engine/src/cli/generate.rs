@@ -104,7 +104,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(cfg.vocab_size, sampler_cfg);
 
     let describe = backend.describe();
-    let mut session = Session::new(&model, backend);
+    let mut session = Session::with_kv_cache(&model, backend, a.run.kv_cache);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut text = String::new();

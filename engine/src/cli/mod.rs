@@ -11,9 +11,11 @@ mod synth;
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use engine::backend::{compiled_config, Backend};
 use engine::kernels::Isa;
+use engine::state::KvCacheType;
 use engine::{Model, Realign};
 
 /// A Llama-2 inference engine specialised at build time for one model shape.
@@ -60,6 +62,11 @@ pub struct RunOpts {
     /// Threads to split each GEMV and the attention heads across (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// KV cache element type: f32 (as llama2.c) or f16 (half the attention's memory traffic;
+    /// on stories260K logits within 0.06 of f32, mean KL 8e-6 nats; docs/PERFORMANCE.md).
+    /// `eval` applies it to the candidate only.
+    #[arg(long, value_name = "f32|f16", default_value = "f32")]
+    pub kv_cache: KvCacheType,
 }
 
 impl RunOpts {
@@ -117,10 +124,26 @@ fn long_version() -> String {
 /// Parses arguments, runs the command, and turns any error into one line on stderr.
 pub fn main() -> ExitCode {
     let version: &'static str = Box::leak(long_version().into_boxed_str());
-    let matches = Cli::command()
+    let matches = match Cli::command()
         .version(env!("CARGO_PKG_VERSION"))
         .long_version(version)
-        .get_matches();
+        .try_get_matches()
+    {
+        Ok(m) => m,
+        // A bad flag value is bad input like any other: one line and exit 1, not clap's
+        // usage hint and exit 2. Help, version and other usage errors stay clap's.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

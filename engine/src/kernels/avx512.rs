@@ -295,3 +295,173 @@ pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales
         }
     }
 }
+
+/// 16 binary16 values at `p`, widened (exactly) to f32.
+#[target_feature(enable = "avx512f")]
+unsafe fn load_half(p: *const u16) -> __m512 {
+    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+}
+
+/// The `k < 16` binary16 values at `p`, zero-padded and widened. AVX-512F has no masked
+/// 16-bit load (that is AVX-512BW), so the tail goes through a small copy.
+#[target_feature(enable = "avx512f")]
+unsafe fn load_half_tail(p: *const u16, k: usize) -> __m512 {
+    let mut t = [0u16; W];
+    std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), k);
+    load_half(t.as_ptr())
+}
+
+/// `matmul` over binary16 rows (the f16 key cache): four rows per pass, as `matmul`.
+///
+/// # Safety
+/// AVX-512F must be available; `w.len() == out.len() * x.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    let n = x.len();
+    let full = n / W * W;
+    let mask = tail_mask(n);
+    let xp = x.as_ptr();
+    let mut r = 0;
+    while r + 4 <= out.len() {
+        let p = w.as_ptr().add(r * n);
+        let (p0, p1, p2, p3) = (p, p.add(n), p.add(2 * n), p.add(3 * n));
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut a2 = _mm512_setzero_ps();
+        let mut a3 = _mm512_setzero_ps();
+        let mut j = 0;
+        while j < full {
+            let xv = _mm512_loadu_ps(xp.add(j));
+            a0 = _mm512_fmadd_ps(load_half(p0.add(j)), xv, a0);
+            a1 = _mm512_fmadd_ps(load_half(p1.add(j)), xv, a1);
+            a2 = _mm512_fmadd_ps(load_half(p2.add(j)), xv, a2);
+            a3 = _mm512_fmadd_ps(load_half(p3.add(j)), xv, a3);
+            j += W;
+        }
+        if full < n {
+            let k = n - full;
+            let xv = _mm512_maskz_loadu_ps(mask, xp.add(full));
+            a0 = _mm512_fmadd_ps(load_half_tail(p0.add(full), k), xv, a0);
+            a1 = _mm512_fmadd_ps(load_half_tail(p1.add(full), k), xv, a1);
+            a2 = _mm512_fmadd_ps(load_half_tail(p2.add(full), k), xv, a2);
+            a3 = _mm512_fmadd_ps(load_half_tail(p3.add(full), k), xv, a3);
+        }
+        out[r] = _mm512_reduce_add_ps(a0);
+        out[r + 1] = _mm512_reduce_add_ps(a1);
+        out[r + 2] = _mm512_reduce_add_ps(a2);
+        out[r + 3] = _mm512_reduce_add_ps(a3);
+        r += 4;
+    }
+    while r < out.len() {
+        let p = w.as_ptr().add(r * n);
+        let mut a = _mm512_setzero_ps();
+        let mut j = 0;
+        while j < full {
+            a = _mm512_fmadd_ps(load_half(p.add(j)), _mm512_loadu_ps(xp.add(j)), a);
+            j += W;
+        }
+        if full < n {
+            let xv = _mm512_maskz_loadu_ps(mask, xp.add(full));
+            a = _mm512_fmadd_ps(load_half_tail(p.add(full), n - full), xv, a);
+        }
+        out[r] = _mm512_reduce_add_ps(a);
+        r += 1;
+    }
+}
+
+/// `weighted_sum` over binary16 rows (the f16 value cache), structured as `weighted_sum`.
+///
+/// # Safety
+/// AVX-512F must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    let n = out.len();
+    let mut c = 0;
+    while c < n {
+        let left = n - c;
+        let vecs = left.div_ceil(W).min(4);
+        let tail = if left >= vecs * W { 0 } else { left % W };
+        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
+        match vecs {
+            1 => weighted_block_f16::<1>(o, weights, p, n, tail),
+            2 => weighted_block_f16::<2>(o, weights, p, n, tail),
+            3 => weighted_block_f16::<3>(o, weights, p, n, tail),
+            _ => weighted_block_f16::<4>(o, weights, p, n, tail),
+        }
+        c += vecs * W;
+    }
+}
+
+/// `weighted_block` over binary16 rows; the last vector holds only `tail` columns when
+/// `tail > 0`.
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_block_f16<const V: usize>(
+    out: *mut f32,
+    weights: &[f32],
+    rows: *const u16,
+    stride: usize,
+    tail: usize,
+) {
+    let load = |p: *const u16, v: usize| {
+        if tail > 0 && v + 1 == V {
+            load_half_tail(p.add(v * W), tail)
+        } else {
+            load_half(p.add(v * W))
+        }
+    };
+    let mut a = [_mm512_setzero_ps(); V];
+    let mut b = [_mm512_setzero_ps(); V];
+    let mut r = 0;
+    while r + 2 <= weights.len() {
+        let p0 = rows.add(r * stride);
+        let p1 = p0.add(stride);
+        let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
+        let w1 = _mm512_set1_ps(*weights.get_unchecked(r + 1));
+        for v in 0..V {
+            a[v] = _mm512_fmadd_ps(load(p0, v), w0, a[v]);
+            b[v] = _mm512_fmadd_ps(load(p1, v), w1, b[v]);
+        }
+        r += 2;
+    }
+    if r < weights.len() {
+        let p0 = rows.add(r * stride);
+        let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
+        for (v, acc) in a.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(load(p0, v), w0, *acc);
+        }
+    }
+    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        let m = if tail > 0 && v + 1 == V {
+            tail_mask(tail)
+        } else {
+            !0
+        };
+        _mm512_mask_storeu_ps(out.add(v * W), m, _mm512_add_ps(x, y));
+    }
+}
+
+/// `x` rounded to binary16 (nearest, ties to even), bit for bit `fp16::from_f32`.
+///
+/// # Safety
+/// AVX-512F must be available; `out.len() == x.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn f32_to_f16(out: &mut [u16], x: &[f32]) {
+    let n = x.len();
+    let full = n / W * W;
+    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+    let mut j = 0;
+    while j < full {
+        let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(xp.add(j)));
+        _mm256_storeu_si256(op.add(j).cast(), h);
+        j += W;
+    }
+    if full < n {
+        let v = _mm512_maskz_loadu_ps(tail_mask(n), xp.add(full));
+        let mut t = [0u16; W];
+        _mm256_storeu_si256(
+            t.as_mut_ptr().cast(),
+            _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+        );
+        out[full..].copy_from_slice(&t[..n - full]);
+    }
+}

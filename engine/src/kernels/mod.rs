@@ -1,8 +1,9 @@
 //! Generic (runtime-shape) kernels: the comparison baseline and the path for any model.
 //!
 //! One file per instruction set, each with the same functions (`matmul`, `sum_squares`,
-//! `weighted_sum`, `softmax`, `quantize_activations`), chosen once when [`GenericKernels`] is built. `reference` holds the plain f64 versions every
-//! kernel is tested against. `q8` holds the int8 kernels for Q8_0 weights.
+//! `weighted_sum`, `softmax`, `quantize_activations`, and the binary16 KV-cache ones
+//! `matmul_f16`, `weighted_sum_f16`, `f32_to_f16`), chosen once when [`GenericKernels`] is
+//! built. `reference` holds the plain f64 versions every kernel is tested against. `q8` holds the int8 kernels for Q8_0 weights.
 
 pub mod int8;
 pub mod q4;
@@ -44,17 +45,27 @@ mod exp_poly {
 #[derive(Debug, Clone, Copy)]
 pub struct GenericKernels {
     isa: Isa,
+    /// F16C (`vcvtph2ps`/`vcvtps2ph`), which the AVX2 binary16 kernels need on top of AVX2.
+    f16c: bool,
 }
 
 impl GenericKernels {
     /// The best instruction set this CPU supports.
     pub fn detect() -> Self {
-        Self { isa: Isa::best() }
+        Self::with_isa(Isa::best())
+    }
+
+    fn with_isa(isa: Isa) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let f16c = std::arch::is_x86_feature_detected!("f16c");
+        #[cfg(not(target_arch = "x86_64"))]
+        let f16c = false;
+        Self { isa, f16c }
     }
 
     /// Kernels for `isa`, or `None` when this CPU cannot run it.
     pub fn for_isa(isa: Isa) -> Option<Self> {
-        isa.is_supported().then_some(Self { isa })
+        isa.is_supported().then(|| Self::with_isa(isa))
     }
 
     /// The instruction set in use.
@@ -130,6 +141,68 @@ impl GenericKernels {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => unsafe { neon::weighted_sum(out, weights, rows) },
             _ => scalar::weighted_sum(out, weights, rows),
+        }
+    }
+
+    /// [`Self::matmul`] over binary16 rows (the f16 key cache), each widened exactly to f32.
+    ///
+    /// # Panics
+    /// When `w.len() != out.len() * x.len()`.
+    pub fn matmul_f16(&self, out: &mut [f32], w: &[u16], x: &[f32]) {
+        assert_eq!(
+            w.len(),
+            out.len() * x.len(),
+            "matmul_f16: weight length is not rows × cols"
+        );
+        match self.isa {
+            // SAFETY: as in `matmul`; the AVX2 kernel also needs F16C, checked at construction.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::matmul_f16(out, w, x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if self.f16c => unsafe { avx2::matmul_f16(out, w, x) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::matmul_f16(out, w, x) },
+            _ => scalar::matmul_f16(out, w, x),
+        }
+    }
+
+    /// [`Self::weighted_sum`] over binary16 rows (the f16 value cache).
+    ///
+    /// # Panics
+    /// When `rows.len() != weights.len() * out.len()`.
+    pub fn weighted_sum_f16(&self, out: &mut [f32], weights: &[f32], rows: &[u16]) {
+        assert_eq!(
+            rows.len(),
+            weights.len() * out.len(),
+            "weighted_sum_f16: rows length is not weights × out"
+        );
+        match self.isa {
+            // SAFETY: as in `matmul_f16`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::weighted_sum_f16(out, weights, rows) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if self.f16c => unsafe { avx2::weighted_sum_f16(out, weights, rows) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::weighted_sum_f16(out, weights, rows) },
+            _ => scalar::weighted_sum_f16(out, weights, rows),
+        }
+    }
+
+    /// `out = x` rounded to binary16, bit for bit [`crate::fp16::from_f32`] on every path.
+    ///
+    /// # Panics
+    /// When the lengths differ.
+    pub fn f32_to_f16(&self, out: &mut [u16], x: &[f32]) {
+        assert_eq!(out.len(), x.len(), "f32_to_f16: length mismatch");
+        match self.isa {
+            // SAFETY: as in `matmul_f16`; the kernels touch exactly `x` and `out`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::f32_to_f16(out, x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if self.f16c => unsafe { avx2::f32_to_f16(out, x) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::f32_to_f16(out, x) },
+            _ => crate::fp16::slice_from_f32(out, x),
         }
     }
 
@@ -528,6 +601,133 @@ mod tests {
                 assert_eq!((s[0], s[2]), (1.0 / 127.0, 1.0 / 127.0));
                 assert!(q[group..2 * group].iter().all(|&v| v == 0));
                 assert!(q[..group].iter().chain(&q[2 * group..]).all(|&v| v == 127));
+            }
+        }
+    }
+
+    /// `supported()` plus AVX2 without F16C, which must take the scalar binary16 path.
+    fn supported_f16() -> Vec<GenericKernels> {
+        let mut all = supported();
+        let no_f16c: Vec<_> = all
+            .iter()
+            .filter(|k| k.f16c)
+            .map(|&k| GenericKernels { f16c: false, ..k })
+            .collect();
+        all.extend(no_f16c);
+        all
+    }
+
+    /// Random values in ±4 rounded to binary16: the bits, and their exact f32 values.
+    fn halves(rng: &mut Rng, n: usize) -> (Vec<u16>, Vec<f32>) {
+        let bits: Vec<u16> = rng
+            .vec(n)
+            .iter()
+            .map(|v| crate::fp16::from_f32(v * 4.0))
+            .collect();
+        let vals = bits.iter().map(|&h| crate::fp16::to_f32(h)).collect();
+        (bits, vals)
+    }
+
+    #[test]
+    fn matmul_f16_matches_f64_reference_over_many_sizes() {
+        let mut rng = Rng::new(0xf16a);
+        let rows_list = [1, 2, 3, 4, 5, 7, 8, 9, 13, 17, 64, 143, 256, 299, 300];
+        for k in supported_f16() {
+            for cols in (1..=70).chain([128]) {
+                for &rows in &rows_list {
+                    let (w, wf) = halves(&mut rng, rows * cols);
+                    let x = rng.vec(cols);
+                    let mut out = rng.vec(rows);
+                    k.matmul_f16(&mut out, &w, &x);
+                    let (want, mag) = reference::matmul(&wf, &x);
+                    for r in 0..rows {
+                        check_close(
+                            out[r],
+                            want[r],
+                            mag[r],
+                            &format!("{} f16 {rows}x{cols} row {r}", k.isa()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_sum_f16_matches_f64_reference_over_many_sizes() {
+        let mut rng = Rng::new(0xf16b);
+        let rows_list = [
+            1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 64, 65, 127, 200, 256, 257, 299, 300,
+        ];
+        for k in supported_f16() {
+            for cols in (1..=70).chain([128]) {
+                for &rows in &rows_list {
+                    let w = rng.vec(rows);
+                    let (v, vf) = halves(&mut rng, rows * cols);
+                    let mut out = rng.vec(cols);
+                    k.weighted_sum_f16(&mut out, &w, &v);
+                    let (want, mag) = reference::weighted_sum(&w, &vf, cols);
+                    for c in 0..cols {
+                        check_close(
+                            out[c],
+                            want[c],
+                            mag[c],
+                            &format!("{} weighted_sum_f16 {rows}x{cols} col {c}", k.isa()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_sum_f16_of_no_rows_is_zero() {
+        for k in supported_f16() {
+            let mut out = [1.0; 5];
+            k.weighted_sum_f16(&mut out, &[], &[]);
+            assert_eq!(out, [0.0; 5], "{}", k.isa());
+        }
+    }
+
+    #[test]
+    fn f32_to_f16_equals_the_scalar_converter_bitwise() {
+        let mut rng = Rng::new(0xf16c);
+        // Random bit patterns (every exponent, NaNs, infinities, subnormals) and exact
+        // halfway points between neighbouring halves, in every length 0..=70 so each path's
+        // tail is covered.
+        let mut x: Vec<f32> = (0..200_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    f32::from_bits(rng.next_u64() as u32)
+                } else {
+                    let h = (rng.next_u64() as u16) & 0x7BFF;
+                    let mid =
+                        (crate::fp16::to_f32(h) as f64 + crate::fp16::to_f32(h + 1) as f64) / 2.0;
+                    mid as f32
+                }
+            })
+            .collect();
+        x.extend([
+            65519.99,
+            65520.0,
+            f32::MAX,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F80_0001),
+            f32::from_bits(1),
+            2f32.powi(-25),
+        ]);
+        let want: Vec<u16> = x.iter().map(|&v| crate::fp16::from_f32(v)).collect();
+        for k in supported_f16() {
+            let mut got = vec![0xAAAAu16; x.len()];
+            k.f32_to_f16(&mut got, &x);
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "{} f32_to_f16({:#010x})", k.isa(), x[i].to_bits());
+            }
+            for n in 0..=70 {
+                let mut got = vec![0xAAAAu16; n];
+                k.f32_to_f16(&mut got, &x[1000..1000 + n]);
+                assert_eq!(got, want[1000..1000 + n], "{} n={n}", k.isa());
             }
         }
     }

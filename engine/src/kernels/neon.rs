@@ -261,3 +261,159 @@ pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales
         }
     }
 }
+
+/// 4 binary16 values at `p`, widened (exactly) to f32 with `fcvtl`: the f16 NEON intrinsics
+/// are unstable in Rust, the instruction itself is base AArch64.
+#[inline(always)]
+unsafe fn load_half(p: *const u16) -> float32x4_t {
+    let h = vld1_u16(p);
+    let o: float32x4_t;
+    core::arch::asm!(
+        "fcvtl {o:v}.4s, {h:v}.4h",
+        o = lateout(vreg) o,
+        h = in(vreg) h,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    o
+}
+
+fn tail_dot_f16(a: &[u16], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, y)| crate::fp16::to_f32(x) * y)
+        .sum()
+}
+
+/// `matmul` over binary16 rows (the f16 key cache): four rows per pass, as `matmul`.
+///
+/// # Safety
+/// NEON must be available; `w.len() == out.len() * x.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    let n = x.len();
+    let full = n / W * W;
+    let xp = x.as_ptr();
+    let mut r = 0;
+    while r + 4 <= out.len() {
+        let p = w.as_ptr().add(r * n);
+        let (p0, p1, p2, p3) = (p, p.add(n), p.add(2 * n), p.add(3 * n));
+        let mut a0 = vdupq_n_f32(0.0);
+        let mut a1 = vdupq_n_f32(0.0);
+        let mut a2 = vdupq_n_f32(0.0);
+        let mut a3 = vdupq_n_f32(0.0);
+        let mut j = 0;
+        while j < full {
+            let xv = vld1q_f32(xp.add(j));
+            a0 = vfmaq_f32(a0, load_half(p0.add(j)), xv);
+            a1 = vfmaq_f32(a1, load_half(p1.add(j)), xv);
+            a2 = vfmaq_f32(a2, load_half(p2.add(j)), xv);
+            a3 = vfmaq_f32(a3, load_half(p3.add(j)), xv);
+            j += W;
+        }
+        let xt = &x[full..];
+        for (i, a) in [a0, a1, a2, a3].into_iter().enumerate() {
+            let row = &w[(r + i) * n..(r + i + 1) * n];
+            out[r + i] = vaddvq_f32(a) + tail_dot_f16(&row[full..], xt);
+        }
+        r += 4;
+    }
+    while r < out.len() {
+        let row = &w[r * n..(r + 1) * n];
+        let mut a = vdupq_n_f32(0.0);
+        let mut j = 0;
+        while j < full {
+            a = vfmaq_f32(a, load_half(row.as_ptr().add(j)), vld1q_f32(xp.add(j)));
+            j += W;
+        }
+        out[r] = vaddvq_f32(a) + tail_dot_f16(&row[full..], &x[full..]);
+        r += 1;
+    }
+}
+
+/// `weighted_sum` over binary16 rows (the f16 value cache), structured as `weighted_sum`.
+///
+/// # Safety
+/// NEON must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    let n = out.len();
+    let full = n / W * W;
+    let mut c = 0;
+    while c < full {
+        let vecs = ((full - c) / W).min(4);
+        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
+        match vecs {
+            1 => weighted_block_f16::<1>(o, weights, p, n),
+            2 => weighted_block_f16::<2>(o, weights, p, n),
+            3 => weighted_block_f16::<3>(o, weights, p, n),
+            _ => weighted_block_f16::<4>(o, weights, p, n),
+        }
+        c += vecs * W;
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(full) {
+        *o = weights
+            .iter()
+            .zip(rows.iter().skip(c).step_by(n))
+            .map(|(w, &v)| w * crate::fp16::to_f32(v))
+            .sum();
+    }
+}
+
+/// `weighted_block` over binary16 rows.
+#[target_feature(enable = "neon")]
+unsafe fn weighted_block_f16<const V: usize>(
+    out: *mut f32,
+    weights: &[f32],
+    rows: *const u16,
+    stride: usize,
+) {
+    let mut a = [vdupq_n_f32(0.0); V];
+    let mut b = [vdupq_n_f32(0.0); V];
+    let mut r = 0;
+    while r + 2 <= weights.len() {
+        let p0 = rows.add(r * stride);
+        let p1 = p0.add(stride);
+        let w0 = vdupq_n_f32(*weights.get_unchecked(r));
+        let w1 = vdupq_n_f32(*weights.get_unchecked(r + 1));
+        for v in 0..V {
+            a[v] = vfmaq_f32(a[v], load_half(p0.add(v * W)), w0);
+            b[v] = vfmaq_f32(b[v], load_half(p1.add(v * W)), w1);
+        }
+        r += 2;
+    }
+    if r < weights.len() {
+        let p0 = rows.add(r * stride);
+        let w0 = vdupq_n_f32(*weights.get_unchecked(r));
+        for (v, acc) in a.iter_mut().enumerate() {
+            *acc = vfmaq_f32(*acc, load_half(p0.add(v * W)), w0);
+        }
+    }
+    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
+        vst1q_f32(out.add(v * W), vaddq_f32(x, y));
+    }
+}
+
+/// `x` rounded to binary16 (nearest, ties to even, the FPCR default), bit for bit
+/// `fp16::from_f32`; `fcvtn` through `asm!` for the reason given at `load_half`.
+///
+/// # Safety
+/// NEON must be available; `out.len() == x.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn f32_to_f16(out: &mut [u16], x: &[f32]) {
+    let n = x.len();
+    let full = n / W * W;
+    let mut j = 0;
+    while j < full {
+        let v = vld1q_f32(x.as_ptr().add(j));
+        let h: uint16x4_t;
+        core::arch::asm!(
+            "fcvtn {h:v}.4h, {v:v}.4s",
+            h = lateout(vreg) h,
+            v = in(vreg) v,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        vst1_u16(out.as_mut_ptr().add(j), h);
+        j += W;
+    }
+    crate::fp16::slice_from_f32(&mut out[full..], &x[full..]);
+}

@@ -1,6 +1,8 @@
 //! Portable kernels: eight independent partial sums so the compiler can vectorise and
 //! the FMA/add latency is hidden even without explicit SIMD.
 
+use crate::fp16::to_f32;
+
 const LANES: usize = 8;
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -31,6 +33,32 @@ pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
     for (&w, row) in weights.iter().zip(rows.chunks_exact(out.len().max(1))) {
         for (o, &v) in out.iter_mut().zip(row) {
             *o += w * v;
+        }
+    }
+}
+
+/// `matmul` over binary16 rows (the f16 key cache), widened exactly before each product.
+pub fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
+        let mut acc = [0.0f32; LANES];
+        let (rc, rt) = row.as_chunks::<LANES>();
+        let (xc, xt) = x.as_chunks::<LANES>();
+        for (r, v) in rc.iter().zip(xc) {
+            for l in 0..LANES {
+                acc[l] += to_f32(r[l]) * v[l];
+            }
+        }
+        let tail: f32 = rt.iter().zip(xt).map(|(&r, v)| to_f32(r) * v).sum();
+        *o = acc.iter().sum::<f32>() + tail;
+    }
+}
+
+/// `weighted_sum` over binary16 rows (the f16 value cache).
+pub fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    out.fill(0.0);
+    for (&w, row) in weights.iter().zip(rows.chunks_exact(out.len().max(1))) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += w * to_f32(v);
         }
     }
 }
