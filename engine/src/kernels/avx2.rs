@@ -1,6 +1,7 @@
 //! AVX2+FMA kernels: four rows per pass share each loaded x vector; the column tail (< 8)
 //! is summed in scalar.
 
+use super::{tail_dot, Elem};
 use core::arch::x86_64::*;
 
 const W: usize = 8;
@@ -15,17 +16,111 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-fn tail_dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// The vector loads of an [`Elem`], so each kernel below is one body for f32 and f16 rows.
+/// The `u16` methods need F16C (`vcvtph2ps`), which is not part of the AVX2 ISA level and which
+/// the caller checks separately, so the f32 entry points must not enable it: the shared bodies
+/// carry no target features of their own but are `#[inline(always)]` into entry points that
+/// enable exactly what their element type needs.
+trait Load: Elem {
+    /// `W` values at `p`, as f32.
+    unsafe fn load(p: *const Self) -> __m256;
+    /// The `k < W` values at `p`, zero-padded; `mask` is `lane_mask(k)`.
+    unsafe fn load_tail(p: *const Self, k: usize, mask: __m256i) -> __m256;
+    /// A matmul row's result from `acc`, its vector sum over the columns before `row_tail`,
+    /// with the tail added; `xtv` is the tail of x zero-padded to a vector. f32 sums the tail
+    /// in scalar and f16 as one more vector, each the order its results are pinned to.
+    unsafe fn finish(acc: __m256, row_tail: &[Self], x_tail: &[f32], xtv: __m256) -> f32;
+    /// A lone row's dot product with `x` (the rows after the four-row passes), each type in
+    /// its own accumulation order, as for `finish`.
+    unsafe fn dot_row(row: &[Self], x: &[f32], xtv: __m256) -> f32;
+}
+
+impl Load for f32 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+
+    #[inline(always)]
+    unsafe fn load_tail(p: *const f32, _: usize, mask: __m256i) -> __m256 {
+        _mm256_maskload_ps(p, mask)
+    }
+
+    #[inline(always)]
+    unsafe fn finish(acc: __m256, row_tail: &[f32], x_tail: &[f32], _: __m256) -> f32 {
+        hsum(acc) + tail_dot(row_tail, x_tail)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_row(row: &[f32], x: &[f32], _: __m256) -> f32 {
+        dot(row, x)
+    }
+}
+
+impl Load for u16 {
+    #[inline(always)]
+    unsafe fn load(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    /// Through a small copy, as AVX2 has no masked 16-bit load.
+    #[inline(always)]
+    unsafe fn load_tail(p: *const u16, k: usize, _: __m256i) -> __m256 {
+        let mut t = [0u16; W];
+        std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), k);
+        Self::load(t.as_ptr())
+    }
+
+    #[inline(always)]
+    unsafe fn finish(acc: __m256, row_tail: &[u16], _: &[f32], xtv: __m256) -> f32 {
+        let k = row_tail.len();
+        if k == 0 {
+            return hsum(acc);
+        }
+        let t = Self::load_tail(row_tail.as_ptr(), k, _mm256_setzero_si256());
+        hsum(_mm256_fmadd_ps(t, xtv, acc))
+    }
+
+    #[inline(always)]
+    unsafe fn dot_row(row: &[u16], x: &[f32], xtv: __m256) -> f32 {
+        let full = x.len() / W * W;
+        let mut a = _mm256_setzero_ps();
+        let mut j = 0;
+        while j < full {
+            a = _mm256_fmadd_ps(
+                Self::load(row.as_ptr().add(j)),
+                _mm256_loadu_ps(x.as_ptr().add(j)),
+                a,
+            );
+            j += W;
+        }
+        Self::finish(a, &row[full..], &x[full..], xtv)
+    }
 }
 
 /// # Safety
 /// AVX2 and FMA must be available; `w.len() == out.len() * x.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+/// `matmul` over binary16 rows (the f16 key cache).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `w.len() == out.len() * x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+#[inline(always)]
+unsafe fn matmul_of<T: Load>(out: &mut [f32], w: &[T], x: &[f32]) {
     let n = x.len();
     let full = n / W * W;
-    let xp = x.as_ptr();
+    let mut xt = [0f32; W];
+    xt[..n - full].copy_from_slice(&x[full..]);
+    let (xp, xtv) = (x.as_ptr(), _mm256_loadu_ps(xt.as_ptr()));
     let mut r = 0;
     while r + 4 <= out.len() {
         let p = w.as_ptr().add(r * n);
@@ -37,21 +132,21 @@ pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
         let mut j = 0;
         while j < full {
             let xv = _mm256_loadu_ps(xp.add(j));
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p0.add(j)), xv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p1.add(j)), xv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p2.add(j)), xv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p3.add(j)), xv, a3);
+            a0 = _mm256_fmadd_ps(T::load(p0.add(j)), xv, a0);
+            a1 = _mm256_fmadd_ps(T::load(p1.add(j)), xv, a1);
+            a2 = _mm256_fmadd_ps(T::load(p2.add(j)), xv, a2);
+            a3 = _mm256_fmadd_ps(T::load(p3.add(j)), xv, a3);
             j += W;
         }
         let xt = &x[full..];
         for (i, a) in [a0, a1, a2, a3].into_iter().enumerate() {
             let row = &w[(r + i) * n..(r + i + 1) * n];
-            out[r + i] = hsum(a) + tail_dot(&row[full..], xt);
+            out[r + i] = T::finish(a, &row[full..], xt, xtv);
         }
         r += 4;
     }
     while r < out.len() {
-        out[r] = dot(&w[r * n..(r + 1) * n], x);
+        out[r] = T::dot_row(&w[r * n..(r + 1) * n], x, xtv);
         r += 1;
     }
 }
@@ -99,6 +194,20 @@ unsafe fn lane_mask(k: usize) -> __m256i {
 /// AVX2 and FMA must be available; `rows.len() == weights.len() * out.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+/// `weighted_sum` over binary16 rows (the f16 value cache).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+#[inline(always)]
+unsafe fn weighted_sum_of<T: Load>(out: &mut [f32], weights: &[f32], rows: &[T]) {
     let n = out.len();
     let mut c = 0;
     // Up to four output vectors stay in registers while every row streams past once; a
@@ -109,17 +218,17 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
         let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
         if left >= vecs * W {
             match vecs {
-                1 => weighted_block::<1, false>(o, weights, p, n, left),
-                2 => weighted_block::<2, false>(o, weights, p, n, left),
-                3 => weighted_block::<3, false>(o, weights, p, n, left),
-                _ => weighted_block::<4, false>(o, weights, p, n, left),
+                1 => weighted_block::<T, 1, false>(o, weights, p, n, left),
+                2 => weighted_block::<T, 2, false>(o, weights, p, n, left),
+                3 => weighted_block::<T, 3, false>(o, weights, p, n, left),
+                _ => weighted_block::<T, 4, false>(o, weights, p, n, left),
             }
         } else {
             match vecs {
-                1 => weighted_block::<1, true>(o, weights, p, n, left),
-                2 => weighted_block::<2, true>(o, weights, p, n, left),
-                3 => weighted_block::<3, true>(o, weights, p, n, left),
-                _ => weighted_block::<4, true>(o, weights, p, n, left),
+                1 => weighted_block::<T, 1, true>(o, weights, p, n, left),
+                2 => weighted_block::<T, 2, true>(o, weights, p, n, left),
+                3 => weighted_block::<T, 3, true>(o, weights, p, n, left),
+                _ => weighted_block::<T, 4, true>(o, weights, p, n, left),
             }
         }
         c += vecs * W;
@@ -129,20 +238,20 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
 /// `V` output vectors at `out` summed over all rows; with `TAIL` the last vector holds only
 /// `left % W` columns and is loaded and stored masked. `rows` points at this block's columns
 /// of row 0 and rows are `stride` apart.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_block<const V: usize, const TAIL: bool>(
+#[inline(always)]
+unsafe fn weighted_block<T: Load, const V: usize, const TAIL: bool>(
     out: *mut f32,
     weights: &[f32],
-    rows: *const f32,
+    rows: *const T,
     stride: usize,
     left: usize,
 ) {
     let mask = lane_mask(left % W);
-    let load = |p: *const f32, v: usize| {
+    let load = |p: *const T, v: usize| {
         if TAIL && v + 1 == V {
-            _mm256_maskload_ps(p.add(v * W), mask)
+            T::load_tail(p.add(v * W), left % W, mask)
         } else {
-            _mm256_loadu_ps(p.add(v * W))
+            T::load(p.add(v * W))
         }
     };
     // Two accumulator sets (even and odd rows) so consecutive FMAs into one register are not
@@ -315,152 +424,6 @@ pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales
         }
         for (q, &v) in q[full..].iter_mut().zip(&x[full..]) {
             *q = super::scalar::quantize_value(v, scale);
-        }
-    }
-}
-
-// The binary16 kernels below also need F16C (`vcvtph2ps`/`vcvtps2ph`), which the caller checks
-// separately: it is not part of the AVX2 ISA level.
-
-/// 8 binary16 values at `p`, widened (exactly) to f32.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_half(p: *const u16) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
-}
-
-/// The `k < 8` binary16 values at `p`, zero-padded and widened (through a small copy, as
-/// AVX2 has no masked 16-bit load).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_half_tail(p: *const u16, k: usize) -> __m256 {
-    let mut t = [0u16; W];
-    std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), k);
-    load_half(t.as_ptr())
-}
-
-/// `matmul` over binary16 rows (the f16 key cache): four rows per pass, as `matmul`.
-///
-/// # Safety
-/// AVX2, FMA and F16C must be available; `w.len() == out.len() * x.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
-    let n = x.len();
-    let full = n / W * W;
-    let mut xt = [0f32; W];
-    xt[..n - full].copy_from_slice(&x[full..]);
-    let (xp, xtv) = (x.as_ptr(), _mm256_loadu_ps(xt.as_ptr()));
-    let mut r = 0;
-    while r + 4 <= out.len() {
-        let p = w.as_ptr().add(r * n);
-        let (p0, p1, p2, p3) = (p, p.add(n), p.add(2 * n), p.add(3 * n));
-        let mut a0 = _mm256_setzero_ps();
-        let mut a1 = _mm256_setzero_ps();
-        let mut a2 = _mm256_setzero_ps();
-        let mut a3 = _mm256_setzero_ps();
-        let mut j = 0;
-        while j < full {
-            let xv = _mm256_loadu_ps(xp.add(j));
-            a0 = _mm256_fmadd_ps(load_half(p0.add(j)), xv, a0);
-            a1 = _mm256_fmadd_ps(load_half(p1.add(j)), xv, a1);
-            a2 = _mm256_fmadd_ps(load_half(p2.add(j)), xv, a2);
-            a3 = _mm256_fmadd_ps(load_half(p3.add(j)), xv, a3);
-            j += W;
-        }
-        if full < n {
-            let k = n - full;
-            a0 = _mm256_fmadd_ps(load_half_tail(p0.add(full), k), xtv, a0);
-            a1 = _mm256_fmadd_ps(load_half_tail(p1.add(full), k), xtv, a1);
-            a2 = _mm256_fmadd_ps(load_half_tail(p2.add(full), k), xtv, a2);
-            a3 = _mm256_fmadd_ps(load_half_tail(p3.add(full), k), xtv, a3);
-        }
-        out[r] = hsum(a0);
-        out[r + 1] = hsum(a1);
-        out[r + 2] = hsum(a2);
-        out[r + 3] = hsum(a3);
-        r += 4;
-    }
-    while r < out.len() {
-        let p = w.as_ptr().add(r * n);
-        let mut a = _mm256_setzero_ps();
-        let mut j = 0;
-        while j < full {
-            a = _mm256_fmadd_ps(load_half(p.add(j)), _mm256_loadu_ps(xp.add(j)), a);
-            j += W;
-        }
-        if full < n {
-            a = _mm256_fmadd_ps(load_half_tail(p.add(full), n - full), xtv, a);
-        }
-        out[r] = hsum(a);
-        r += 1;
-    }
-}
-
-/// `weighted_sum` over binary16 rows (the f16 value cache), structured as `weighted_sum`.
-///
-/// # Safety
-/// AVX2, FMA and F16C must be available; `rows.len() == weights.len() * out.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
-    let n = out.len();
-    let mut c = 0;
-    while c < n {
-        let left = n - c;
-        let vecs = left.div_ceil(W).min(4);
-        let tail = if left >= vecs * W { 0 } else { left % W };
-        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
-        match vecs {
-            1 => weighted_block_f16::<1>(o, weights, p, n, tail),
-            2 => weighted_block_f16::<2>(o, weights, p, n, tail),
-            3 => weighted_block_f16::<3>(o, weights, p, n, tail),
-            _ => weighted_block_f16::<4>(o, weights, p, n, tail),
-        }
-        c += vecs * W;
-    }
-}
-
-/// `weighted_block` over binary16 rows; the last vector holds only `tail` columns when
-/// `tail > 0`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_block_f16<const V: usize>(
-    out: *mut f32,
-    weights: &[f32],
-    rows: *const u16,
-    stride: usize,
-    tail: usize,
-) {
-    let load = |p: *const u16, v: usize| {
-        if tail > 0 && v + 1 == V {
-            load_half_tail(p.add(v * W), tail)
-        } else {
-            load_half(p.add(v * W))
-        }
-    };
-    let mut a = [_mm256_setzero_ps(); V];
-    let mut b = [_mm256_setzero_ps(); V];
-    let mut r = 0;
-    while r + 2 <= weights.len() {
-        let p0 = rows.add(r * stride);
-        let p1 = p0.add(stride);
-        let w0 = _mm256_set1_ps(*weights.get_unchecked(r));
-        let w1 = _mm256_set1_ps(*weights.get_unchecked(r + 1));
-        for v in 0..V {
-            a[v] = _mm256_fmadd_ps(load(p0, v), w0, a[v]);
-            b[v] = _mm256_fmadd_ps(load(p1, v), w1, b[v]);
-        }
-        r += 2;
-    }
-    if r < weights.len() {
-        let p0 = rows.add(r * stride);
-        let w0 = _mm256_set1_ps(*weights.get_unchecked(r));
-        for (v, acc) in a.iter_mut().enumerate() {
-            *acc = _mm256_fmadd_ps(load(p0, v), w0, *acc);
-        }
-    }
-    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
-        let s = _mm256_add_ps(x, y);
-        if tail > 0 && v + 1 == V {
-            _mm256_maskstore_ps(out.add(v * W), lane_mask(tail), s);
-        } else {
-            _mm256_storeu_ps(out.add(v * W), s);
         }
     }
 }

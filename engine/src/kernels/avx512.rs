@@ -1,6 +1,7 @@
 //! AVX-512F kernels: four rows per pass share each loaded x vector (four weight streams in
 //! flight), and the column tail is one masked load rather than a scalar loop.
 
+use super::Elem;
 use core::arch::x86_64::*;
 
 const W: usize = 16;
@@ -10,10 +11,88 @@ unsafe fn tail_mask(n: usize) -> __mmask16 {
     ((1u32 << (n % W)) - 1) as __mmask16
 }
 
+/// The vector loads of an [`Elem`], so each kernel below is one body for f32 and f16 rows.
+trait Load: Elem {
+    /// `W` values at `p`, as f32.
+    unsafe fn load(p: *const Self) -> __m512;
+    /// The first `k` (`1..=W`) values at `p`, zero-padded; `mask` holds lanes `0..k`.
+    unsafe fn load_first(p: *const Self, k: usize, mask: __mmask16) -> __m512;
+    /// A lone row's dot product with `x` (the rows after the four-row passes; `mask` is
+    /// `tail_mask(n)`), each type in its own accumulation order, which its results are
+    /// pinned to.
+    unsafe fn dot_row(row: *const Self, x: *const f32, n: usize, mask: __mmask16) -> f32;
+}
+
+impl Load for f32 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, _: usize, mask: __mmask16) -> __m512 {
+        _mm512_maskz_loadu_ps(mask, p)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_row(row: *const f32, x: *const f32, n: usize, mask: __mmask16) -> f32 {
+        dot(row, x, n, mask)
+    }
+}
+
+impl Load for u16 {
+    #[inline(always)]
+    unsafe fn load(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+
+    /// A short tail goes through a small copy: AVX-512F has no masked 16-bit load (that is
+    /// AVX-512BW).
+    #[inline(always)]
+    unsafe fn load_first(p: *const u16, k: usize, _: __mmask16) -> __m512 {
+        if k == W {
+            return Self::load(p);
+        }
+        let mut t = [0u16; W];
+        std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), k);
+        Self::load(t.as_ptr())
+    }
+
+    #[inline(always)]
+    unsafe fn dot_row(row: *const u16, x: *const f32, n: usize, mask: __mmask16) -> f32 {
+        let full = n / W * W;
+        let mut a = _mm512_setzero_ps();
+        let mut j = 0;
+        while j < full {
+            a = _mm512_fmadd_ps(Self::load(row.add(j)), _mm512_loadu_ps(x.add(j)), a);
+            j += W;
+        }
+        if full < n {
+            let xv = _mm512_maskz_loadu_ps(mask, x.add(full));
+            a = _mm512_fmadd_ps(Self::load_first(row.add(full), n - full, mask), xv, a);
+        }
+        _mm512_reduce_add_ps(a)
+    }
+}
+
 /// # Safety
 /// AVX-512F must be available; `w.len() == out.len() * x.len()`.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+/// `matmul` over binary16 rows (the f16 key cache).
+///
+/// # Safety
+/// AVX-512F must be available; `w.len() == out.len() * x.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn matmul_of<T: Load>(out: &mut [f32], w: &[T], x: &[f32]) {
     let n = x.len();
     let full = n / W * W;
     let mask = tail_mask(n);
@@ -29,18 +108,19 @@ pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
         let mut j = 0;
         while j < full {
             let xv = _mm512_loadu_ps(xp.add(j));
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(p0.add(j)), xv, a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(p1.add(j)), xv, a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(p2.add(j)), xv, a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(p3.add(j)), xv, a3);
+            a0 = _mm512_fmadd_ps(T::load(p0.add(j)), xv, a0);
+            a1 = _mm512_fmadd_ps(T::load(p1.add(j)), xv, a1);
+            a2 = _mm512_fmadd_ps(T::load(p2.add(j)), xv, a2);
+            a3 = _mm512_fmadd_ps(T::load(p3.add(j)), xv, a3);
             j += W;
         }
         if full < n {
+            let k = n - full;
             let xv = _mm512_maskz_loadu_ps(mask, xp.add(full));
-            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p0.add(full)), xv, a0);
-            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p1.add(full)), xv, a1);
-            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p2.add(full)), xv, a2);
-            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p3.add(full)), xv, a3);
+            a0 = _mm512_fmadd_ps(T::load_first(p0.add(full), k, mask), xv, a0);
+            a1 = _mm512_fmadd_ps(T::load_first(p1.add(full), k, mask), xv, a1);
+            a2 = _mm512_fmadd_ps(T::load_first(p2.add(full), k, mask), xv, a2);
+            a3 = _mm512_fmadd_ps(T::load_first(p3.add(full), k, mask), xv, a3);
         }
         out[r] = _mm512_reduce_add_ps(a0);
         out[r + 1] = _mm512_reduce_add_ps(a1);
@@ -49,7 +129,7 @@ pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
         r += 4;
     }
     while r < out.len() {
-        out[r] = dot(w.as_ptr().add(r * n), xp, n, mask);
+        out[r] = T::dot_row(w.as_ptr().add(r * n), xp, n, mask);
         r += 1;
     }
 }
@@ -91,6 +171,20 @@ pub unsafe fn sum_squares(x: &[f32]) -> f32 {
 /// AVX-512F must be available; `rows.len() == weights.len() * out.len()`.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+/// `weighted_sum` over binary16 rows (the f16 value cache).
+///
+/// # Safety
+/// AVX-512F must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_sum_of<T: Load>(out: &mut [f32], weights: &[f32], rows: &[T]) {
     let n = out.len();
     let mut c = 0;
     // Up to four output vectors stay in registers while every row streams past once; a
@@ -98,33 +192,41 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
     while c < n {
         let left = n - c;
         let vecs = left.div_ceil(W).min(4);
-        let last = if left >= vecs * W {
-            !0
+        let (k, last) = if left >= vecs * W {
+            (W, !0)
         } else {
-            tail_mask(left)
+            (left % W, tail_mask(left))
         };
         let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
         match vecs {
-            1 => weighted_block::<1>(o, weights, p, n, last),
-            2 => weighted_block::<2>(o, weights, p, n, last),
-            3 => weighted_block::<3>(o, weights, p, n, last),
-            _ => weighted_block::<4>(o, weights, p, n, last),
+            1 => weighted_block::<T, 1>(o, weights, p, n, k, last),
+            2 => weighted_block::<T, 2>(o, weights, p, n, k, last),
+            3 => weighted_block::<T, 3>(o, weights, p, n, k, last),
+            _ => weighted_block::<T, 4>(o, weights, p, n, k, last),
         }
         c += vecs * W;
     }
 }
 
-/// `V` output vectors at `out` (the last masked by `last`) summed over all rows; `rows` points
-/// at this block's columns of row 0 and rows are `stride` apart.
+/// `V` output vectors at `out` (the last holding `k` columns, masked by `last`) summed over all
+/// rows; `rows` points at this block's columns of row 0 and rows are `stride` apart.
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_block<const V: usize>(
+unsafe fn weighted_block<T: Load, const V: usize>(
     out: *mut f32,
     weights: &[f32],
-    rows: *const f32,
+    rows: *const T,
     stride: usize,
+    k: usize,
     last: __mmask16,
 ) {
     let mask = |v: usize| if v + 1 == V { last } else { !0 };
+    let load = |p: *const T, v: usize| {
+        if v + 1 == V {
+            T::load_first(p.add(v * W), k, last)
+        } else {
+            T::load(p.add(v * W))
+        }
+    };
     // Two accumulator sets (even and odd rows) so consecutive FMAs into one register are not
     // back to back: one set alone would be bound by FMA latency, not by the loads.
     let mut a = [_mm512_setzero_ps(); V];
@@ -136,8 +238,8 @@ unsafe fn weighted_block<const V: usize>(
         let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
         let w1 = _mm512_set1_ps(*weights.get_unchecked(r + 1));
         for v in 0..V {
-            a[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask(v), p0.add(v * W)), w0, a[v]);
-            b[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask(v), p1.add(v * W)), w1, b[v]);
+            a[v] = _mm512_fmadd_ps(load(p0, v), w0, a[v]);
+            b[v] = _mm512_fmadd_ps(load(p1, v), w1, b[v]);
         }
         r += 2;
     }
@@ -145,7 +247,7 @@ unsafe fn weighted_block<const V: usize>(
         let p0 = rows.add(r * stride);
         let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
         for (v, acc) in a.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask(v), p0.add(v * W)), w0, *acc);
+            *acc = _mm512_fmadd_ps(load(p0, v), w0, *acc);
         }
     }
     for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
@@ -293,150 +395,6 @@ pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales
             let r = quantize16(_mm512_maskz_loadu_ps(mask, xp.add(full)), sv);
             _mm512_mask_cvtepi32_storeu_epi8(qp.add(full), mask, r);
         }
-    }
-}
-
-/// 16 binary16 values at `p`, widened (exactly) to f32.
-#[target_feature(enable = "avx512f")]
-unsafe fn load_half(p: *const u16) -> __m512 {
-    _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
-}
-
-/// The `k < 16` binary16 values at `p`, zero-padded and widened. AVX-512F has no masked
-/// 16-bit load (that is AVX-512BW), so the tail goes through a small copy.
-#[target_feature(enable = "avx512f")]
-unsafe fn load_half_tail(p: *const u16, k: usize) -> __m512 {
-    let mut t = [0u16; W];
-    std::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), k);
-    load_half(t.as_ptr())
-}
-
-/// `matmul` over binary16 rows (the f16 key cache): four rows per pass, as `matmul`.
-///
-/// # Safety
-/// AVX-512F must be available; `w.len() == out.len() * x.len()`.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
-    let n = x.len();
-    let full = n / W * W;
-    let mask = tail_mask(n);
-    let xp = x.as_ptr();
-    let mut r = 0;
-    while r + 4 <= out.len() {
-        let p = w.as_ptr().add(r * n);
-        let (p0, p1, p2, p3) = (p, p.add(n), p.add(2 * n), p.add(3 * n));
-        let mut a0 = _mm512_setzero_ps();
-        let mut a1 = _mm512_setzero_ps();
-        let mut a2 = _mm512_setzero_ps();
-        let mut a3 = _mm512_setzero_ps();
-        let mut j = 0;
-        while j < full {
-            let xv = _mm512_loadu_ps(xp.add(j));
-            a0 = _mm512_fmadd_ps(load_half(p0.add(j)), xv, a0);
-            a1 = _mm512_fmadd_ps(load_half(p1.add(j)), xv, a1);
-            a2 = _mm512_fmadd_ps(load_half(p2.add(j)), xv, a2);
-            a3 = _mm512_fmadd_ps(load_half(p3.add(j)), xv, a3);
-            j += W;
-        }
-        if full < n {
-            let k = n - full;
-            let xv = _mm512_maskz_loadu_ps(mask, xp.add(full));
-            a0 = _mm512_fmadd_ps(load_half_tail(p0.add(full), k), xv, a0);
-            a1 = _mm512_fmadd_ps(load_half_tail(p1.add(full), k), xv, a1);
-            a2 = _mm512_fmadd_ps(load_half_tail(p2.add(full), k), xv, a2);
-            a3 = _mm512_fmadd_ps(load_half_tail(p3.add(full), k), xv, a3);
-        }
-        out[r] = _mm512_reduce_add_ps(a0);
-        out[r + 1] = _mm512_reduce_add_ps(a1);
-        out[r + 2] = _mm512_reduce_add_ps(a2);
-        out[r + 3] = _mm512_reduce_add_ps(a3);
-        r += 4;
-    }
-    while r < out.len() {
-        let p = w.as_ptr().add(r * n);
-        let mut a = _mm512_setzero_ps();
-        let mut j = 0;
-        while j < full {
-            a = _mm512_fmadd_ps(load_half(p.add(j)), _mm512_loadu_ps(xp.add(j)), a);
-            j += W;
-        }
-        if full < n {
-            let xv = _mm512_maskz_loadu_ps(mask, xp.add(full));
-            a = _mm512_fmadd_ps(load_half_tail(p.add(full), n - full), xv, a);
-        }
-        out[r] = _mm512_reduce_add_ps(a);
-        r += 1;
-    }
-}
-
-/// `weighted_sum` over binary16 rows (the f16 value cache), structured as `weighted_sum`.
-///
-/// # Safety
-/// AVX-512F must be available; `rows.len() == weights.len() * out.len()`.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
-    let n = out.len();
-    let mut c = 0;
-    while c < n {
-        let left = n - c;
-        let vecs = left.div_ceil(W).min(4);
-        let tail = if left >= vecs * W { 0 } else { left % W };
-        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
-        match vecs {
-            1 => weighted_block_f16::<1>(o, weights, p, n, tail),
-            2 => weighted_block_f16::<2>(o, weights, p, n, tail),
-            3 => weighted_block_f16::<3>(o, weights, p, n, tail),
-            _ => weighted_block_f16::<4>(o, weights, p, n, tail),
-        }
-        c += vecs * W;
-    }
-}
-
-/// `weighted_block` over binary16 rows; the last vector holds only `tail` columns when
-/// `tail > 0`.
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted_block_f16<const V: usize>(
-    out: *mut f32,
-    weights: &[f32],
-    rows: *const u16,
-    stride: usize,
-    tail: usize,
-) {
-    let load = |p: *const u16, v: usize| {
-        if tail > 0 && v + 1 == V {
-            load_half_tail(p.add(v * W), tail)
-        } else {
-            load_half(p.add(v * W))
-        }
-    };
-    let mut a = [_mm512_setzero_ps(); V];
-    let mut b = [_mm512_setzero_ps(); V];
-    let mut r = 0;
-    while r + 2 <= weights.len() {
-        let p0 = rows.add(r * stride);
-        let p1 = p0.add(stride);
-        let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
-        let w1 = _mm512_set1_ps(*weights.get_unchecked(r + 1));
-        for v in 0..V {
-            a[v] = _mm512_fmadd_ps(load(p0, v), w0, a[v]);
-            b[v] = _mm512_fmadd_ps(load(p1, v), w1, b[v]);
-        }
-        r += 2;
-    }
-    if r < weights.len() {
-        let p0 = rows.add(r * stride);
-        let w0 = _mm512_set1_ps(*weights.get_unchecked(r));
-        for (v, acc) in a.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(load(p0, v), w0, *acc);
-        }
-    }
-    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
-        let m = if tail > 0 && v + 1 == V {
-            tail_mask(tail)
-        } else {
-            !0
-        };
-        _mm512_mask_storeu_ps(out.add(v * W), m, _mm512_add_ps(x, y));
     }
 }
 

@@ -20,6 +20,32 @@ mod neon;
 
 pub use generated::Isa;
 
+/// A matrix element the f32 and binary16 (KV cache) kernels are written once over: `f32`, or
+/// the bits of an f16 (`u16`), widened exactly to f32 before any arithmetic so both share
+/// every rounding step after the load. Each ISA file extends it with its vector loads.
+trait Elem: Copy {
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        crate::fp16::to_f32(self)
+    }
+}
+
+/// The plain sequential dot product of a column tail (shorter than a vector).
+fn tail_dot<T: Elem>(a: &[T], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x.to_f32() * y).sum()
+}
+
 /// Cephes `expf`, shared by the SIMD softmax kernels: `e^x = 2^n · e^r` with `n = round(x/ln2)`,
 /// `r = x - n·ln2` (ln2 split in two so `n·LN2_HI` is exact) and `e^r ≈ 1 + r + r²·P(r)` on
 /// `|r| <= ln2/2`, about 1 ulp there.

@@ -1,18 +1,88 @@
 //! NEON kernels: four rows per pass share each loaded x vector; the column tail (< 4) is
 //! summed in scalar.
 
+use super::{tail_dot, Elem};
 use core::arch::aarch64::*;
 
 const W: usize = 4;
 
-fn tail_dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// The vector loads of an [`Elem`], so each kernel below is one body for f32 and f16 rows.
+trait Load: Elem {
+    /// `W` values at `p`, as f32.
+    unsafe fn load(p: *const Self) -> float32x4_t;
+    /// A lone row's dot product with `x` (the rows after the four-row passes), each type in
+    /// its own accumulation order, which its results are pinned to.
+    unsafe fn dot_row(row: &[Self], x: &[f32]) -> f32;
+}
+
+impl Load for f32 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        vld1q_f32(p)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_row(row: &[f32], x: &[f32]) -> f32 {
+        dot(row, x)
+    }
+}
+
+impl Load for u16 {
+    #[inline(always)]
+    unsafe fn load(p: *const u16) -> float32x4_t {
+        load_half(p)
+    }
+
+    #[inline(always)]
+    unsafe fn dot_row(row: &[u16], x: &[f32]) -> f32 {
+        let full = x.len() / W * W;
+        let mut a = vdupq_n_f32(0.0);
+        let mut j = 0;
+        while j < full {
+            a = vfmaq_f32(
+                a,
+                load_half(row.as_ptr().add(j)),
+                vld1q_f32(x.as_ptr().add(j)),
+            );
+            j += W;
+        }
+        vaddvq_f32(a) + tail_dot(&row[full..], &x[full..])
+    }
+}
+
+/// 4 binary16 values at `p`, widened (exactly) to f32 with `fcvtl`: the f16 NEON intrinsics
+/// are unstable in Rust, the instruction itself is base AArch64.
+#[inline(always)]
+unsafe fn load_half(p: *const u16) -> float32x4_t {
+    let h = vld1_u16(p);
+    let o: float32x4_t;
+    core::arch::asm!(
+        "fcvtl {o:v}.4s, {h:v}.4h",
+        o = lateout(vreg) o,
+        h = in(vreg) h,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    o
 }
 
 /// # Safety
 /// NEON must be available (always on aarch64); `w.len() == out.len() * x.len()`.
 #[target_feature(enable = "neon")]
 pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+/// `matmul` over binary16 rows (the f16 key cache).
+///
+/// # Safety
+/// NEON must be available; `w.len() == out.len() * x.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn matmul_of<T: Load>(out: &mut [f32], w: &[T], x: &[f32]) {
     let n = x.len();
     let full = n / W * W;
     let xp = x.as_ptr();
@@ -27,10 +97,10 @@ pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
         let mut j = 0;
         while j < full {
             let xv = vld1q_f32(xp.add(j));
-            a0 = vfmaq_f32(a0, vld1q_f32(p0.add(j)), xv);
-            a1 = vfmaq_f32(a1, vld1q_f32(p1.add(j)), xv);
-            a2 = vfmaq_f32(a2, vld1q_f32(p2.add(j)), xv);
-            a3 = vfmaq_f32(a3, vld1q_f32(p3.add(j)), xv);
+            a0 = vfmaq_f32(a0, T::load(p0.add(j)), xv);
+            a1 = vfmaq_f32(a1, T::load(p1.add(j)), xv);
+            a2 = vfmaq_f32(a2, T::load(p2.add(j)), xv);
+            a3 = vfmaq_f32(a3, T::load(p3.add(j)), xv);
             j += W;
         }
         let xt = &x[full..];
@@ -41,7 +111,7 @@ pub unsafe fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
         r += 4;
     }
     while r < out.len() {
-        out[r] = dot(&w[r * n..(r + 1) * n], x);
+        out[r] = T::dot_row(&w[r * n..(r + 1) * n], x);
         r += 1;
     }
 }
@@ -76,6 +146,20 @@ pub unsafe fn sum_squares(x: &[f32]) -> f32 {
 /// NEON must be available; `rows.len() == weights.len() * out.len()`.
 #[target_feature(enable = "neon")]
 pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+/// `weighted_sum` over binary16 rows (the f16 value cache).
+///
+/// # Safety
+/// NEON must be available; `rows.len() == weights.len() * out.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn weighted_sum_of<T: Load>(out: &mut [f32], weights: &[f32], rows: &[T]) {
     let n = out.len();
     let full = n / W * W;
     let mut c = 0;
@@ -85,10 +169,10 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
         let vecs = ((full - c) / W).min(4);
         let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
         match vecs {
-            1 => weighted_block::<1>(o, weights, p, n),
-            2 => weighted_block::<2>(o, weights, p, n),
-            3 => weighted_block::<3>(o, weights, p, n),
-            _ => weighted_block::<4>(o, weights, p, n),
+            1 => weighted_block::<T, 1>(o, weights, p, n),
+            2 => weighted_block::<T, 2>(o, weights, p, n),
+            3 => weighted_block::<T, 3>(o, weights, p, n),
+            _ => weighted_block::<T, 4>(o, weights, p, n),
         }
         c += vecs * W;
     }
@@ -96,7 +180,7 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
         *o = weights
             .iter()
             .zip(rows.iter().skip(c).step_by(n))
-            .map(|(w, v)| w * v)
+            .map(|(w, v)| w * v.to_f32())
             .sum();
     }
 }
@@ -104,10 +188,10 @@ pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
 /// `V` output vectors at `out` summed over all rows; `rows` points at this block's columns of
 /// row 0 and rows are `stride` apart.
 #[target_feature(enable = "neon")]
-unsafe fn weighted_block<const V: usize>(
+unsafe fn weighted_block<T: Load, const V: usize>(
     out: *mut f32,
     weights: &[f32],
-    rows: *const f32,
+    rows: *const T,
     stride: usize,
 ) {
     // Two accumulator sets (even and odd rows) so consecutive FMAs into one register are not
@@ -121,8 +205,8 @@ unsafe fn weighted_block<const V: usize>(
         let w0 = vdupq_n_f32(*weights.get_unchecked(r));
         let w1 = vdupq_n_f32(*weights.get_unchecked(r + 1));
         for v in 0..V {
-            a[v] = vfmaq_f32(a[v], vld1q_f32(p0.add(v * W)), w0);
-            b[v] = vfmaq_f32(b[v], vld1q_f32(p1.add(v * W)), w1);
+            a[v] = vfmaq_f32(a[v], T::load(p0.add(v * W)), w0);
+            b[v] = vfmaq_f32(b[v], T::load(p1.add(v * W)), w1);
         }
         r += 2;
     }
@@ -130,7 +214,7 @@ unsafe fn weighted_block<const V: usize>(
         let p0 = rows.add(r * stride);
         let w0 = vdupq_n_f32(*weights.get_unchecked(r));
         for (v, acc) in a.iter_mut().enumerate() {
-            *acc = vfmaq_f32(*acc, vld1q_f32(p0.add(v * W)), w0);
+            *acc = vfmaq_f32(*acc, T::load(p0.add(v * W)), w0);
         }
     }
     for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
@@ -259,137 +343,6 @@ pub unsafe fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales
         for (q, &v) in q[full..].iter_mut().zip(&x[full..]) {
             *q = super::scalar::quantize_value(v, scale);
         }
-    }
-}
-
-/// 4 binary16 values at `p`, widened (exactly) to f32 with `fcvtl`: the f16 NEON intrinsics
-/// are unstable in Rust, the instruction itself is base AArch64.
-#[inline(always)]
-unsafe fn load_half(p: *const u16) -> float32x4_t {
-    let h = vld1_u16(p);
-    let o: float32x4_t;
-    core::arch::asm!(
-        "fcvtl {o:v}.4s, {h:v}.4h",
-        o = lateout(vreg) o,
-        h = in(vreg) h,
-        options(pure, nomem, nostack, preserves_flags)
-    );
-    o
-}
-
-fn tail_dot_f16(a: &[u16], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, y)| crate::fp16::to_f32(x) * y)
-        .sum()
-}
-
-/// `matmul` over binary16 rows (the f16 key cache): four rows per pass, as `matmul`.
-///
-/// # Safety
-/// NEON must be available; `w.len() == out.len() * x.len()`.
-#[target_feature(enable = "neon")]
-pub unsafe fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
-    let n = x.len();
-    let full = n / W * W;
-    let xp = x.as_ptr();
-    let mut r = 0;
-    while r + 4 <= out.len() {
-        let p = w.as_ptr().add(r * n);
-        let (p0, p1, p2, p3) = (p, p.add(n), p.add(2 * n), p.add(3 * n));
-        let mut a0 = vdupq_n_f32(0.0);
-        let mut a1 = vdupq_n_f32(0.0);
-        let mut a2 = vdupq_n_f32(0.0);
-        let mut a3 = vdupq_n_f32(0.0);
-        let mut j = 0;
-        while j < full {
-            let xv = vld1q_f32(xp.add(j));
-            a0 = vfmaq_f32(a0, load_half(p0.add(j)), xv);
-            a1 = vfmaq_f32(a1, load_half(p1.add(j)), xv);
-            a2 = vfmaq_f32(a2, load_half(p2.add(j)), xv);
-            a3 = vfmaq_f32(a3, load_half(p3.add(j)), xv);
-            j += W;
-        }
-        let xt = &x[full..];
-        for (i, a) in [a0, a1, a2, a3].into_iter().enumerate() {
-            let row = &w[(r + i) * n..(r + i + 1) * n];
-            out[r + i] = vaddvq_f32(a) + tail_dot_f16(&row[full..], xt);
-        }
-        r += 4;
-    }
-    while r < out.len() {
-        let row = &w[r * n..(r + 1) * n];
-        let mut a = vdupq_n_f32(0.0);
-        let mut j = 0;
-        while j < full {
-            a = vfmaq_f32(a, load_half(row.as_ptr().add(j)), vld1q_f32(xp.add(j)));
-            j += W;
-        }
-        out[r] = vaddvq_f32(a) + tail_dot_f16(&row[full..], &x[full..]);
-        r += 1;
-    }
-}
-
-/// `weighted_sum` over binary16 rows (the f16 value cache), structured as `weighted_sum`.
-///
-/// # Safety
-/// NEON must be available; `rows.len() == weights.len() * out.len()`.
-#[target_feature(enable = "neon")]
-pub unsafe fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
-    let n = out.len();
-    let full = n / W * W;
-    let mut c = 0;
-    while c < full {
-        let vecs = ((full - c) / W).min(4);
-        let (o, p) = (out.as_mut_ptr().add(c), rows.as_ptr().add(c));
-        match vecs {
-            1 => weighted_block_f16::<1>(o, weights, p, n),
-            2 => weighted_block_f16::<2>(o, weights, p, n),
-            3 => weighted_block_f16::<3>(o, weights, p, n),
-            _ => weighted_block_f16::<4>(o, weights, p, n),
-        }
-        c += vecs * W;
-    }
-    for (c, o) in out.iter_mut().enumerate().skip(full) {
-        *o = weights
-            .iter()
-            .zip(rows.iter().skip(c).step_by(n))
-            .map(|(w, &v)| w * crate::fp16::to_f32(v))
-            .sum();
-    }
-}
-
-/// `weighted_block` over binary16 rows.
-#[target_feature(enable = "neon")]
-unsafe fn weighted_block_f16<const V: usize>(
-    out: *mut f32,
-    weights: &[f32],
-    rows: *const u16,
-    stride: usize,
-) {
-    let mut a = [vdupq_n_f32(0.0); V];
-    let mut b = [vdupq_n_f32(0.0); V];
-    let mut r = 0;
-    while r + 2 <= weights.len() {
-        let p0 = rows.add(r * stride);
-        let p1 = p0.add(stride);
-        let w0 = vdupq_n_f32(*weights.get_unchecked(r));
-        let w1 = vdupq_n_f32(*weights.get_unchecked(r + 1));
-        for v in 0..V {
-            a[v] = vfmaq_f32(a[v], load_half(p0.add(v * W)), w0);
-            b[v] = vfmaq_f32(b[v], load_half(p1.add(v * W)), w1);
-        }
-        r += 2;
-    }
-    if r < weights.len() {
-        let p0 = rows.add(r * stride);
-        let w0 = vdupq_n_f32(*weights.get_unchecked(r));
-        for (v, acc) in a.iter_mut().enumerate() {
-            *acc = vfmaq_f32(*acc, load_half(p0.add(v * W)), w0);
-        }
-    }
-    for (v, (&x, &y)) in a.iter().zip(&b).enumerate() {
-        vst1q_f32(out.add(v * W), vaddq_f32(x, y));
     }
 }
 

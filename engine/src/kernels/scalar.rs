@@ -1,24 +1,32 @@
 //! Portable kernels: eight independent partial sums so the compiler can vectorise and
 //! the FMA/add latency is hidden even without explicit SIMD.
 
-use crate::fp16::to_f32;
+use super::{tail_dot, Elem};
 
 const LANES: usize = 8;
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: Elem>(a: &[T], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (ac, at) = a.as_chunks::<LANES>();
     let (bc, bt) = b.as_chunks::<LANES>();
     for (x, y) in ac.iter().zip(bc) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l].to_f32() * y[l];
         }
     }
-    let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    acc.iter().sum::<f32>() + tail_dot(at, bt)
 }
 
 pub fn matmul(out: &mut [f32], w: &[f32], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+/// `matmul` over binary16 rows (the f16 key cache), widened exactly before each product.
+pub fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
+    matmul_of(out, w, x)
+}
+
+fn matmul_of<T: Elem>(out: &mut [f32], w: &[T], x: &[f32]) {
     for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
         *o = dot(row, x);
     }
@@ -29,40 +37,22 @@ pub fn sum_squares(x: &[f32]) -> f32 {
 }
 
 pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
-    out.fill(0.0);
-    for (&w, row) in weights.iter().zip(rows.chunks_exact(out.len().max(1))) {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o += w * v;
-        }
-    }
-}
-
-/// `matmul` over binary16 rows (the f16 key cache), widened exactly before each product.
-pub fn matmul_f16(out: &mut [f32], w: &[u16], x: &[f32]) {
-    for (o, row) in out.iter_mut().zip(w.chunks_exact(x.len())) {
-        let mut acc = [0.0f32; LANES];
-        let (rc, rt) = row.as_chunks::<LANES>();
-        let (xc, xt) = x.as_chunks::<LANES>();
-        for (r, v) in rc.iter().zip(xc) {
-            for l in 0..LANES {
-                acc[l] += to_f32(r[l]) * v[l];
-            }
-        }
-        let tail: f32 = rt.iter().zip(xt).map(|(&r, v)| to_f32(r) * v).sum();
-        *o = acc.iter().sum::<f32>() + tail;
-    }
+    weighted_sum_of(out, weights, rows)
 }
 
 /// `weighted_sum` over binary16 rows (the f16 value cache).
 pub fn weighted_sum_f16(out: &mut [f32], weights: &[f32], rows: &[u16]) {
+    weighted_sum_of(out, weights, rows)
+}
+
+fn weighted_sum_of<T: Elem>(out: &mut [f32], weights: &[f32], rows: &[T]) {
     out.fill(0.0);
     for (&w, row) in weights.iter().zip(rows.chunks_exact(out.len().max(1))) {
         for (o, &v) in out.iter_mut().zip(row) {
-            *o += w * to_f32(v);
+            *o += w * v.to_f32();
         }
     }
 }
-
 /// Keeps `f32::exp`: this is the fallback for CPUs without SIMD, not a hot path.
 pub fn softmax(x: &mut [f32], scale: f32) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
