@@ -26,21 +26,7 @@ use model_config::{preset, CheckpointFormat, ModelConfig, WeightFormat};
 /// export.py `quantize_q80`: per group `scale = max|w| / 127`, `q = torch.round(w / scale)`
 /// (ties to even); an all-zero group gets scale 0 (export.py would produce NaN there).
 fn export_quantize(w: &[f32], gs: usize) -> QT {
-    let mut q = Vec::with_capacity(w.len());
-    let mut s = Vec::with_capacity(w.len() / gs);
-    for g in w.chunks(gs) {
-        let wmax = g.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        let scale = wmax / 127.0;
-        s.push(scale);
-        for &v in g {
-            q.push(if scale == 0.0 {
-                0
-            } else {
-                (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8
-            });
-        }
-    }
-    QT { q, s }
+    quantize_groups(w, gs, f32::round_ties_even)
 }
 
 /// Writes a v2 file as export.py's `version2_export` does (which checks only that the group

@@ -12,6 +12,12 @@ pub struct QT {
 
 /// runq.c `quantize` for activations: the same, with C `round()` (ties away from zero).
 pub fn runq_quantize(x: &[f32], gs: usize) -> QT {
+    quantize_groups(x, gs, f32::round)
+}
+
+/// Groups of `gs`: `scale = max|x| / 127`, `q = round(x / scale)` clamped to ±127 with the
+/// given rounding; an all-zero group gets scale 0 and q 0.
+pub fn quantize_groups(x: &[f32], gs: usize, round: fn(f32) -> f32) -> QT {
     let mut q = Vec::with_capacity(x.len());
     let mut s = Vec::with_capacity(x.len() / gs);
     for g in x.chunks(gs) {
@@ -22,7 +28,7 @@ pub fn runq_quantize(x: &[f32], gs: usize) -> QT {
             q.push(if scale == 0.0 {
                 0
             } else {
-                (v / scale).round().clamp(-127.0, 127.0) as i8
+                round(v / scale).clamp(-127.0, 127.0) as i8
             });
         }
     }
