@@ -119,13 +119,22 @@ fn gemv_fn_type(cols: usize) -> TokenStream {
     quote!(unsafe fn(&[[f32; #c]], &[f32; #c], &mut [f32]))
 }
 
+/// `crate::GemmFn<C>`: `unsafe fn(&[[f32; C]], &[[f32; C]], *mut f32, usize)`.
+fn gemm_fn_type(cols: usize) -> TokenStream {
+    let c = lit(cols);
+    quote!(crate::GemmFn<#c>)
+}
+
 fn kernels(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
     let d = lit(cfg.dim);
     let fields = shapes.iter().map(|s| {
         let field = ident(&format!("gemv_{}", s.suffix()));
         let ty = gemv_fn_type(s.cols);
         let docs = doc(&s.describe());
-        quote!(#docs #field: #ty,)
+        let batched = ident(&format!("gemm_{}", s.suffix()));
+        let batched_ty = gemm_fn_type(s.cols);
+        let batched_docs = doc(&format!("{}, batched.", s.describe()));
+        quote!(#docs #field: #ty, #batched_docs #batched: #batched_ty,)
     });
     let norm = ident(&format!("rmsnorm_{}", cfg.dim));
     let constructors = IsaKind::PREFERENCE.iter().map(|&isa| {
@@ -135,7 +144,8 @@ fn kernels(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
         let check = isa.runtime_check();
         let inits = shapes.iter().map(|s| {
             let f = ident(&format!("gemv_{}", s.suffix()));
-            quote!(#f: #module::#f,)
+            let g = ident(&format!("gemm_{}", s.suffix()));
+            quote!(#f: #module::#f, #g: #module::#g,)
         });
         let guard = if isa == IsaKind::Portable {
             quote!()
@@ -225,6 +235,7 @@ fn traits(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
     let impls = shapes.iter().map(|s| {
         let (r, c) = (lit(s.rows), lit(s.cols));
         let field = ident(&format!("gemv_{}", s.suffix()));
+        let batched = ident(&format!("gemm_{}", s.suffix()));
         let docs = doc(&format!("{}.", s.describe()));
         quote! {
             #docs
@@ -233,6 +244,12 @@ fn traits(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
                 fn gemv_rows(&self, w: &[[f32; #c]], x: &[f32; #c], out: &mut [f32]) {
                     #safety
                     unsafe { (self.#field)(w, x, out) }
+                }
+
+                #[inline]
+                unsafe fn gemm_rows(&self, w: &[[f32; #c]], x: &[[f32; #c]], out: *mut f32, ld: usize) {
+                    #safety
+                    unsafe { (self.#batched)(w, x, out, ld) }
                 }
             }
         }
@@ -262,6 +279,15 @@ fn traits(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
             #[doc = ""]
             #[doc = " If `w.len() != out.len()`."]
             fn gemv_rows(&self, w: &[[f32; C]], x: &[f32; C], out: &mut [f32]);
+
+            #[doc = " The batched product for a block of rows: `out[t * ld + r] = W[r] · x[t]` for every"]
+            #[doc = " token row `t` of `x`, bit for bit what `gemv_rows` gives for each token alone."]
+            #[doc = ""]
+            #[doc = " # Safety"]
+            #[doc = ""]
+            #[doc = " `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else"]
+            #[doc = " during the call, for every `t < x.len()` and `r < w.len()`."]
+            unsafe fn gemm_rows(&self, w: &[[f32; C]], x: &[[f32; C]], out: *mut f32, ld: usize);
         }
 
         #(#impls)*

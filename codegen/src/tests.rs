@@ -111,11 +111,11 @@ fn nonzero_float_literals(tokens: TokenStream) -> usize {
 }
 
 #[test]
-fn simd_kernels_loop_only_over_rows() {
+fn simd_kernels_loop_only_over_rows_tokens_and_literal_chunks() {
     for cfg in configs() {
         let file = syn::parse_file(&generate(&cfg)).unwrap();
         for module in SIMD_MODULES {
-            let mut bodies = 0;
+            let (mut bodies, mut batched) = (0, 0);
             for f in functions(&file, module) {
                 let name = f.sig.ident.to_string();
                 let mut found = Vec::new();
@@ -125,10 +125,39 @@ fn simd_kernels_loop_only_over_rows() {
                     // Exactly the tile loop and the leftover-row loop, both bounded by rows.
                     assert_eq!(
                         found,
-                        ["fortin0..tiles", "forrintiles*4..rows"],
+                        ["fortin0..tiles", "forrintiles*8..rows"],
                         "{}::{module}::{name}",
                         cfg.name
                     );
+                } else if name.starts_with("gemm_x") {
+                    batched += 1;
+                    // Row tiles, token tiles and the leftovers of each: rows and tokens only.
+                    assert!(
+                        found.iter().all(|l| l.ends_with("row_tiles")
+                            || l.ends_with("token_tiles")
+                            || l.ends_with("..tokens")
+                            || l.ends_with("..rows")),
+                        "{}::{module}::{name} loops: {found:?}",
+                        cfg.name
+                    );
+                } else if name.starts_with("tile") {
+                    // At most one loop, over chunks, with a literal trip count.
+                    assert!(
+                        found.len() <= 1,
+                        "{}::{module}::{name}: {found:?}",
+                        cfg.name
+                    );
+                    for l in &found {
+                        let range = l
+                            .strip_prefix("forkin")
+                            .unwrap_or_else(|| panic!("{}::{module}::{name} loops: {l}", cfg.name));
+                        let (a, b) = range.split_once("..").unwrap();
+                        assert!(
+                            a.parse::<usize>().is_ok() && b.parse::<usize>().is_ok(),
+                            "{}::{module}::{name}: {l}",
+                            cfg.name
+                        );
+                    }
                 } else {
                     assert!(
                         found.is_empty(),
@@ -139,6 +168,7 @@ fn simd_kernels_loop_only_over_rows() {
             }
             let distinct_cols = crate::shapes::distinct_cols(&crate::shapes::shapes(&cfg)).len();
             assert_eq!(bodies, distinct_cols, "{}::{module}", cfg.name);
+            assert_eq!(batched, distinct_cols, "{}::{module}", cfg.name);
         }
     }
 }
@@ -153,7 +183,14 @@ fn every_load_uses_a_literal_offset() {
     assert_has(&text, "vld1q_f32(w3.add(2044))");
     // Nothing reads past the row: 768 and 2048 are multiples of 16, so no tail code.
     assert!(!text.contains("tail_mask"));
-    assert!(!text.contains("xp.add(2048)"));
+    let file = syn::parse_file(&text).unwrap();
+    for module in SIMD_MODULES {
+        let gemv = functions(&file, module)
+            .into_iter()
+            .find(|f| f.sig.ident == "gemv_x2048")
+            .expect("the 2048-column GEMV body");
+        assert!(!flat(&gemv.block.to_token_stream().to_string()).contains("xp.add(2048)"));
+    }
 }
 
 #[test]

@@ -117,6 +117,10 @@ impl FromStr for Isa {
     }
 }
 
+/// A generated batched f32 kernel for `C` columns: `(w, x, out, ld)` writes
+/// `out[t * ld + r] = w[r] · x[t]` (see `Gemv::gemm_rows`).
+pub type GemmFn<const C: usize> = unsafe fn(&[[f32; C]], &[[f32; C]], *mut f32, usize);
+
 /// An instruction set the generated int8 (Q8_0 / Q4_0) kernels exist for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Int8Isa {

@@ -152,6 +152,66 @@ impl<const R: usize, const C: usize> GemvCase<R, C> {
     }
 }
 
+/// Token counts the batched kernels are checked at: every count up to two tiles of every ISA,
+/// odd tails, and a prompt-sized block.
+const BATCHES: [usize; 14] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 17, 33];
+
+/// Checks a batched kernel (`gemm_rows`) on row blocks of a random matrix: against the f64
+/// reference, and bit for bit against the GEMV of each token alone (batch invariance). The
+/// output has a stride wider than the block, NaN in every slot the kernel must write, and a
+/// guard value in every slot it must not.
+fn check_gemm<const C: usize>(
+    label: &str,
+    rng: &mut Rng,
+    w: &[[f32; C]],
+    gemv_rows: impl Fn(&[[f32; C]], &[f32; C], &mut [f32]),
+    gemm_rows: impl Fn(&[[f32; C]], &[[f32; C]], *mut f32, usize),
+) {
+    let rows = w.len();
+    let blocks = [
+        (0, rows.min(37)),
+        (rows / 3, rows.min(13).min(rows - rows / 3)),
+        (rows - rows.min(9), rows.min(9)),
+    ];
+    for tokens in BATCHES {
+        let mut x = vec![[0.0f32; C]; tokens];
+        x.iter_mut().for_each(|row| rng.fill(row));
+        for (start, len) in blocks {
+            let w = &w[start..start + len];
+            let ld = len + 3;
+            const GUARD: f32 = 12345.0;
+            let mut out = vec![GUARD; tokens * ld];
+            for t in 0..tokens {
+                out[t * ld..t * ld + len].fill(f32::NAN);
+            }
+            gemm_rows(w, &x, out.as_mut_ptr(), ld);
+            let mut single = vec![f32::NAN; len];
+            for (t, xt) in x.iter().enumerate() {
+                gemv_rows(w, xt, &mut single);
+                for r in 0..len {
+                    let got = out[t * ld + r];
+                    let what = format!("{label} gemm rows {start}+{r} token {t} of {tokens}");
+                    let (sum, scale) = w[r].iter().zip(xt).fold((0.0, 0.0), |(s, a), (&p, &q)| {
+                        let v = p as f64 * q as f64;
+                        (s + v, a + v.abs())
+                    });
+                    assert_close(&what, got, sum, scale);
+                    assert_eq!(
+                        got.to_bits(),
+                        single[r].to_bits(),
+                        "{what}: batched {got} differs from the GEMV's {}",
+                        single[r]
+                    );
+                }
+                assert!(
+                    out[t * ld + len..(t + 1) * ld].iter().all(|&v| v == GUARD),
+                    "{label}: gemm wrote outside its block (token {t} of {tokens})"
+                );
+            }
+        }
+    }
+}
+
 /// RMSNorm against llama2.c's formula in f64, on three scales of input (tiny, unit, large)
 /// so both the epsilon and the sum of squares matter.
 fn check_rmsnorm<const N: usize>(
@@ -381,6 +441,14 @@ macro_rules! model_tests {
                                 &label,
                                 |w, x, out| <m::Kernels as m::Gemv<$r, $c>>::gemv(kernels, w, x, out),
                                 |w, x, out| <m::Kernels as m::Gemv<$r, $c>>::gemv_rows(kernels, w, x, out),
+                            );
+                            check_gemm::<$c>(
+                                &label,
+                                &mut rng,
+                                &case.w[..],
+                                |w, x, out| <m::Kernels as m::Gemv<$r, $c>>::gemv_rows(kernels, w, x, out),
+                                // SAFETY: check_gemm passes an output of x.len() rows of ld ≥ w.len().
+                                |w, x, out, ld| unsafe { <m::Kernels as m::Gemv<$r, $c>>::gemm_rows(kernels, w, x, out, ld) },
                             );
                         }
                     }

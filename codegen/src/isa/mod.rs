@@ -4,6 +4,7 @@
 
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod gemm;
 pub(crate) mod neon;
 pub(crate) mod portable;
 
@@ -13,11 +14,12 @@ use quote::quote;
 use crate::emit::{comment, doc, ident, lit, At};
 use crate::shapes::{distinct_cols, Shape};
 
-/// Rows per tile in the SIMD GEMV: every loaded chunk of `x` feeds this many rows.
-const TILE_ROWS: usize = 4;
-/// Accumulators per row (per tile row and in the one-row loop). With [`TILE_ROWS`] rows this
-/// gives 8 independent FMA chains, enough to cover FMA latency × throughput on the targets.
-const ACCS_PER_ROW: usize = 2;
+/// Rows per tile in the SIMD GEMV: every loaded chunk of `x` feeds this many rows, and their
+/// accumulators are 8 independent FMA chains, enough to cover FMA latency × throughput.
+const TILE_ROWS: usize = 8;
+/// Accumulators per row. One, so that a row's sum is formed in exactly the order the batched
+/// kernels (`gemm.rs`) form it for each token: decode and prefill give the same bits.
+const ACCS_PER_ROW: usize = 1;
 /// Partial sums in the RMSNorm sum of squares.
 const NORM_ACCS: usize = 4;
 
@@ -108,6 +110,8 @@ pub(crate) trait Simd {
     const LANES: usize;
     /// What the CPU must support, for `# Safety` sections.
     const REQUIREMENT: &'static str;
+    /// Tokens per register tile of the batched kernels (rows: [`gemm::GEMM_ROWS`]).
+    const GEMM_TOKENS: usize;
     /// The submodule's doc comment.
     const DOC: &'static str;
 
@@ -152,12 +156,12 @@ pub(crate) trait Simd {
 
 /// One vector's worth of a row: `len` floats from `offset` (`len < LANES` only for the tail).
 #[derive(Clone, Copy)]
-struct Chunk {
-    offset: usize,
-    len: usize,
+pub(crate) struct Chunk {
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
 }
 
-fn chunks(n: usize, lanes: usize) -> Vec<Chunk> {
+pub(crate) fn chunks(n: usize, lanes: usize) -> Vec<Chunk> {
     (0..n)
         .step_by(lanes)
         .map(|offset| Chunk {
@@ -167,7 +171,7 @@ fn chunks(n: usize, lanes: usize) -> Vec<Chunk> {
         .collect()
 }
 
-fn load<S: Simd>(p: &At, chunk: Chunk) -> TokenStream {
+pub(crate) fn load<S: Simd>(p: &At, chunk: Chunk) -> TokenStream {
     if chunk.len == S::LANES {
         S::load(p)
     } else {
@@ -457,7 +461,13 @@ fn simd_module<S: Simd>(shapes: &[Shape], dim: usize, eps: f32) -> TokenStream {
     let import = S::import();
     let helpers = S::helpers();
     let wrappers = shapes.iter().map(gemv_wrapper::<S>);
+    let gemm_wrappers = shapes.iter().map(gemm::wrapper::<S>);
     let bodies = distinct_cols(shapes).into_iter().map(gemv_body::<S>);
+    let gemm_bodies = distinct_cols(shapes).into_iter().map(|c| {
+        let body = gemm::body::<S>(c);
+        let tiles = gemm::tiles::<S>(c);
+        quote!(#body #tiles)
+    });
     let norm = rmsnorm::<S>(dim, eps);
     quote! {
         #docs
@@ -465,7 +475,9 @@ fn simd_module<S: Simd>(shapes: &[Shape], dim: usize, eps: f32) -> TokenStream {
         pub mod #name {
             #import
             #(#wrappers)*
+            #(#gemm_wrappers)*
             #(#bodies)*
+            #(#gemm_bodies)*
             #norm
             #helpers
         }

@@ -30,6 +30,26 @@ pub(crate) fn module(shapes: &[Shape], dim: usize, eps: f32) -> TokenStream {
             }
         }
     });
+    let gemm_wrappers = shapes.iter().map(|shape| {
+        let name = ident(&format!("gemm_{}", shape.suffix()));
+        let c = lit(shape.cols);
+        let docs = doc(&format!(
+            "`out[t · ld + r] = W[r] · x[t]` for a block of rows of the {} matrix and every \
+             token row of `x`; bit for bit what `gemv_{}` gives for each token alone.\n\n\
+             # Safety\n\n`out.add(t * ld + r)` must be valid for writes, and not accessed by \
+             anyone else during the call, for every `t < x.len()` and `r < w.len()`.",
+            shape.describe(),
+            shape.suffix()
+        ));
+        let call = comment("SAFETY: the caller's contract is gemm's.");
+        quote! {
+            #docs
+            pub unsafe fn #name(w: &[[f32; #c]], x: &[[f32; #c]], out: *mut f32, ld: usize) {
+                #call
+                unsafe { gemm(w, x, out, ld) }
+            }
+        }
+    });
     let d = lit(dim);
     let n = Literal::f32_unsuffixed(dim as f32);
     let eps_lit = Literal::f32_unsuffixed(eps);
@@ -46,6 +66,11 @@ pub(crate) fn module(shapes: &[Shape], dim: usize, eps: f32) -> TokenStream {
         "`out = W · x` for any number of rows of `C` columns; `C` is a constant after \
          monomorphisation, so every loop has a fixed trip count.",
     );
+    let gemm_doc = doc(
+        "The batched product: each row against every token while the row is in cache, by \
+         the same `dot` as `gemv`, so a token's result does not depend on its batch.",
+    );
+    let gemm_safety = comment("SAFETY: the caller guarantees every `t * ld + r` is writable.");
     let dot_doc = doc(&format!(
         "`Σ aᵢ·bᵢ` in {LANES} independent partial sums, which the compiler keeps in vector \
          registers."
@@ -54,6 +79,7 @@ pub(crate) fn module(shapes: &[Shape], dim: usize, eps: f32) -> TokenStream {
         #module_doc
         pub mod portable {
             #(#wrappers)*
+            #(#gemm_wrappers)*
 
             #norm_doc
             pub fn #norm_name(out: &mut [f32; #d], x: &[f32; #d], weight: &[f32; #d]) {
@@ -74,6 +100,16 @@ pub(crate) fn module(shapes: &[Shape], dim: usize, eps: f32) -> TokenStream {
                 );
                 for (row, o) in w.iter().zip(out.iter_mut()) {
                     *o = dot(row, x);
+                }
+            }
+
+            #gemm_doc
+            unsafe fn gemm<const C: usize>(w: &[[f32; C]], x: &[[f32; C]], out: *mut f32, ld: usize) {
+                for (r, row) in w.iter().enumerate() {
+                    for (t, x) in x.iter().enumerate() {
+                        #gemm_safety
+                        unsafe { *out.add(t * ld + r) = dot(row, x) };
+                    }
                 }
             }
 

@@ -124,6 +124,96 @@ pub mod portable {
         gemv(w, x, out)
     }
 
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 32×64 (wk, wv)
+    /// matrix and every token row of `x`; bit for bit what `gemv_32x64` gives for each
+    /// token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`.
+    pub unsafe fn gemm_32x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: the caller's contract is gemm's.
+        unsafe { gemm(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×64 (wq, wo)
+    /// matrix and every token row of `x`; bit for bit what `gemv_64x64` gives for each
+    /// token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`.
+    pub unsafe fn gemm_64x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: the caller's contract is gemm's.
+        unsafe { gemm(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×172 (w2) matrix
+    /// and every token row of `x`; bit for bit what `gemv_64x172` gives for each token
+    /// alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`.
+    pub unsafe fn gemm_64x172(
+        w: &[[f32; 172]],
+        x: &[[f32; 172]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: the caller's contract is gemm's.
+        unsafe { gemm(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 172×64 (w1, w3)
+    /// matrix and every token row of `x`; bit for bit what `gemv_172x64` gives for each
+    /// token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`.
+    pub unsafe fn gemm_172x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: the caller's contract is gemm's.
+        unsafe { gemm(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 512×64
+    /// (classifier) matrix and every token row of `x`; bit for bit what `gemv_512x64`
+    /// gives for each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`.
+    pub unsafe fn gemm_512x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: the caller's contract is gemm's.
+        unsafe { gemm(w, x, out, ld) }
+    }
+
     /// `out = weight · x / sqrt(mean(x²) + 0.00001)` over 64 values, as llama2.c
     /// computes it.
     pub fn rmsnorm_64(out: &mut [f32; 64], x: &[f32; 64], weight: &[f32; 64]) {
@@ -145,6 +235,22 @@ pub mod portable {
         );
         for (row, o) in w.iter().zip(out.iter_mut()) {
             *o = dot(row, x);
+        }
+    }
+
+    /// The batched product: each row against every token while the row is in cache, by
+    /// the same `dot` as `gemv`, so a token's result does not depend on its batch.
+    unsafe fn gemm<const C: usize>(
+        w: &[[f32; C]],
+        x: &[[f32; C]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        for (r, row) in w.iter().enumerate() {
+            for (t, x) in x.iter().enumerate() {
+                // SAFETY: the caller guarantees every `t * ld + r` is writable.
+                unsafe { *out.add(t * ld + r) = dot(row, x) };
+            }
         }
     }
 
@@ -269,6 +375,111 @@ pub mod neon {
         unsafe { gemv_x64(w, x, out) }
     }
 
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 32×64 (wk, wv)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_32x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// NEON (every aarch64 Linux CPU does): [`Kernels`](super::Kernels) checks this
+    /// once at start-up.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn gemm_32x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×64 (wq, wo)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_64x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// NEON (every aarch64 Linux CPU does): [`Kernels`](super::Kernels) checks this
+    /// once at start-up.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn gemm_64x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×172 (w2) matrix
+    /// and every token row `t` of `x`; bit for bit what `gemv_64x172` gives for each
+    /// token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// NEON (every aarch64 Linux CPU does): [`Kernels`](super::Kernels) checks this
+    /// once at start-up.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn gemm_64x172(
+        w: &[[f32; 172]],
+        x: &[[f32; 172]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x172(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 172×64 (w1, w3)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_172x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// NEON (every aarch64 Linux CPU does): [`Kernels`](super::Kernels) checks this
+    /// once at start-up.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn gemm_172x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 512×64
+    /// (classifier) matrix and every token row `t` of `x`; bit for bit what
+    /// `gemv_512x64` gives for each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// NEON (every aarch64 Linux CPU does): [`Kernels`](super::Kernels) checks this
+    /// once at start-up.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn gemm_512x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
     /// `out = W · x` for any number of rows of 64 columns: the one body every
     /// 64-column shape shares, since the row count only bounds the row loop.
     #[target_feature(enable = "neon")]
@@ -278,7 +489,7 @@ pub mod neon {
             "gemv: the weight block and the output must have the same number of rows"
         );
         let rows = out.len();
-        let tiles = rows / 4;
+        let tiles = rows / 8;
         let wp = w.as_ptr().cast::<f32>();
         let xp = x.as_ptr();
         let op = out.as_mut_ptr();
@@ -287,137 +498,209 @@ pub mod neon {
         // 64; `r` stays below rows = w.len() = out.len(); tail chunks touch only in-bounds
         // lanes. The caller guarantees the CPU features.
         unsafe {
-            // Tiles of 4 rows share each load of x; 2 accumulators per row keep 8 FMA chains
+            // Tiles of 8 rows share each load of x; 1 accumulators per row keep 8 FMA chains
             // in flight.
             for t in 0..tiles {
-                let r = t * 4;
+                let r = t * 8;
                 let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 64);
                 let w1 = w0.add(64);
                 let w2 = w0.add(128);
                 let w3 = w0.add(192);
+                let w4 = w0.add(256);
+                let w5 = w0.add(320);
+                let w6 = w0.add(384);
+                let w7 = w0.add(448);
                 let x0 = vld1q_f32(xp);
                 let mut acc0_0 = vmulq_f32(vld1q_f32(w0), x0);
                 let mut acc1_0 = vmulq_f32(vld1q_f32(w1), x0);
                 let mut acc2_0 = vmulq_f32(vld1q_f32(w2), x0);
                 let mut acc3_0 = vmulq_f32(vld1q_f32(w3), x0);
+                let mut acc4_0 = vmulq_f32(vld1q_f32(w4), x0);
+                let mut acc5_0 = vmulq_f32(vld1q_f32(w5), x0);
+                let mut acc6_0 = vmulq_f32(vld1q_f32(w6), x0);
+                let mut acc7_0 = vmulq_f32(vld1q_f32(w7), x0);
                 let x4 = vld1q_f32(xp.add(4));
-                let mut acc0_1 = vmulq_f32(vld1q_f32(w0.add(4)), x4);
-                let mut acc1_1 = vmulq_f32(vld1q_f32(w1.add(4)), x4);
-                let mut acc2_1 = vmulq_f32(vld1q_f32(w2.add(4)), x4);
-                let mut acc3_1 = vmulq_f32(vld1q_f32(w3.add(4)), x4);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(4)), x4);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(4)), x4);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(4)), x4);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(4)), x4);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(4)), x4);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(4)), x4);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(4)), x4);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(4)), x4);
                 let x8 = vld1q_f32(xp.add(8));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(8)), x8);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(8)), x8);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(8)), x8);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(8)), x8);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(8)), x8);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(8)), x8);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(8)), x8);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(8)), x8);
                 let x12 = vld1q_f32(xp.add(12));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(12)), x12);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(12)), x12);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(12)), x12);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(12)), x12);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(12)), x12);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(12)), x12);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(12)), x12);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(12)), x12);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(12)), x12);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(12)), x12);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(12)), x12);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(12)), x12);
                 let x16 = vld1q_f32(xp.add(16));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(16)), x16);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(16)), x16);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(16)), x16);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(16)), x16);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(16)), x16);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(16)), x16);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(16)), x16);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(16)), x16);
                 let x20 = vld1q_f32(xp.add(20));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(20)), x20);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(20)), x20);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(20)), x20);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(20)), x20);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(20)), x20);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(20)), x20);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(20)), x20);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(20)), x20);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(20)), x20);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(20)), x20);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(20)), x20);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(20)), x20);
                 let x24 = vld1q_f32(xp.add(24));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(24)), x24);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(24)), x24);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(24)), x24);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(24)), x24);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(24)), x24);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(24)), x24);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(24)), x24);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(24)), x24);
                 let x28 = vld1q_f32(xp.add(28));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(28)), x28);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(28)), x28);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(28)), x28);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(28)), x28);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(28)), x28);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(28)), x28);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(28)), x28);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(28)), x28);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(28)), x28);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(28)), x28);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(28)), x28);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(28)), x28);
                 let x32 = vld1q_f32(xp.add(32));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(32)), x32);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(32)), x32);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(32)), x32);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(32)), x32);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(32)), x32);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(32)), x32);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(32)), x32);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(32)), x32);
                 let x36 = vld1q_f32(xp.add(36));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(36)), x36);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(36)), x36);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(36)), x36);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(36)), x36);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(36)), x36);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(36)), x36);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(36)), x36);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(36)), x36);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(36)), x36);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(36)), x36);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(36)), x36);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(36)), x36);
                 let x40 = vld1q_f32(xp.add(40));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(40)), x40);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(40)), x40);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(40)), x40);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(40)), x40);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(40)), x40);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(40)), x40);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(40)), x40);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(40)), x40);
                 let x44 = vld1q_f32(xp.add(44));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(44)), x44);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(44)), x44);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(44)), x44);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(44)), x44);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(44)), x44);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(44)), x44);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(44)), x44);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(44)), x44);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(44)), x44);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(44)), x44);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(44)), x44);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(44)), x44);
                 let x48 = vld1q_f32(xp.add(48));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(48)), x48);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(48)), x48);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(48)), x48);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(48)), x48);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(48)), x48);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(48)), x48);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(48)), x48);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(48)), x48);
                 let x52 = vld1q_f32(xp.add(52));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(52)), x52);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(52)), x52);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(52)), x52);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(52)), x52);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(52)), x52);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(52)), x52);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(52)), x52);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(52)), x52);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(52)), x52);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(52)), x52);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(52)), x52);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(52)), x52);
                 let x56 = vld1q_f32(xp.add(56));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(56)), x56);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(56)), x56);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(56)), x56);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(56)), x56);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(56)), x56);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(56)), x56);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(56)), x56);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(56)), x56);
                 let x60 = vld1q_f32(xp.add(60));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(60)), x60);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(60)), x60);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(60)), x60);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(60)), x60);
-                *op.add(r) = vaddvq_f32(vaddq_f32(acc0_0, acc0_1));
-                *op.add(r + 1) = vaddvq_f32(vaddq_f32(acc1_0, acc1_1));
-                *op.add(r + 2) = vaddvq_f32(vaddq_f32(acc2_0, acc2_1));
-                *op.add(r + 3) = vaddvq_f32(vaddq_f32(acc3_0, acc3_1));
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(60)), x60);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(60)), x60);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(60)), x60);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(60)), x60);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(60)), x60);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(60)), x60);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(60)), x60);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(60)), x60);
+                *op.add(r) = vaddvq_f32(acc0_0);
+                *op.add(r + 1) = vaddvq_f32(acc1_0);
+                *op.add(r + 2) = vaddvq_f32(acc2_0);
+                *op.add(r + 3) = vaddvq_f32(acc3_0);
+                *op.add(r + 4) = vaddvq_f32(acc4_0);
+                *op.add(r + 5) = vaddvq_f32(acc5_0);
+                *op.add(r + 6) = vaddvq_f32(acc6_0);
+                *op.add(r + 7) = vaddvq_f32(acc7_0);
             }
 
             // The last rows of a block whose length is not a multiple of the tile.
-            for r in tiles * 4..rows {
+            for r in tiles * 8..rows {
                 let w0 = wp.add(r * 64);
                 let x0 = vld1q_f32(xp);
                 let mut acc0_0 = vmulq_f32(vld1q_f32(w0), x0);
                 let x4 = vld1q_f32(xp.add(4));
-                let mut acc0_1 = vmulq_f32(vld1q_f32(w0.add(4)), x4);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(4)), x4);
                 let x8 = vld1q_f32(xp.add(8));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(8)), x8);
                 let x12 = vld1q_f32(xp.add(12));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(12)), x12);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(12)), x12);
                 let x16 = vld1q_f32(xp.add(16));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(16)), x16);
                 let x20 = vld1q_f32(xp.add(20));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(20)), x20);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(20)), x20);
                 let x24 = vld1q_f32(xp.add(24));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(24)), x24);
                 let x28 = vld1q_f32(xp.add(28));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(28)), x28);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(28)), x28);
                 let x32 = vld1q_f32(xp.add(32));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(32)), x32);
                 let x36 = vld1q_f32(xp.add(36));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(36)), x36);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(36)), x36);
                 let x40 = vld1q_f32(xp.add(40));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(40)), x40);
                 let x44 = vld1q_f32(xp.add(44));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(44)), x44);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(44)), x44);
                 let x48 = vld1q_f32(xp.add(48));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(48)), x48);
                 let x52 = vld1q_f32(xp.add(52));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(52)), x52);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(52)), x52);
                 let x56 = vld1q_f32(xp.add(56));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(56)), x56);
                 let x60 = vld1q_f32(xp.add(60));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(60)), x60);
-                *op.add(r) = vaddvq_f32(vaddq_f32(acc0_0, acc0_1));
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(60)), x60);
+                *op.add(r) = vaddvq_f32(acc0_0);
             }
         }
     }
@@ -431,7 +714,7 @@ pub mod neon {
             "gemv: the weight block and the output must have the same number of rows"
         );
         let rows = out.len();
-        let tiles = rows / 4;
+        let tiles = rows / 8;
         let wp = w.as_ptr().cast::<f32>();
         let xp = x.as_ptr();
         let op = out.as_mut_ptr();
@@ -440,328 +723,849 @@ pub mod neon {
         // under 172; `r` stays below rows = w.len() = out.len(); tail chunks touch only
         // in-bounds lanes. The caller guarantees the CPU features.
         unsafe {
-            // Tiles of 4 rows share each load of x; 2 accumulators per row keep 8 FMA chains
+            // Tiles of 8 rows share each load of x; 1 accumulators per row keep 8 FMA chains
             // in flight.
             for t in 0..tiles {
-                let r = t * 4;
+                let r = t * 8;
                 let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 172);
                 let w1 = w0.add(172);
                 let w2 = w0.add(344);
                 let w3 = w0.add(516);
+                let w4 = w0.add(688);
+                let w5 = w0.add(860);
+                let w6 = w0.add(1032);
+                let w7 = w0.add(1204);
                 let x0 = vld1q_f32(xp);
                 let mut acc0_0 = vmulq_f32(vld1q_f32(w0), x0);
                 let mut acc1_0 = vmulq_f32(vld1q_f32(w1), x0);
                 let mut acc2_0 = vmulq_f32(vld1q_f32(w2), x0);
                 let mut acc3_0 = vmulq_f32(vld1q_f32(w3), x0);
+                let mut acc4_0 = vmulq_f32(vld1q_f32(w4), x0);
+                let mut acc5_0 = vmulq_f32(vld1q_f32(w5), x0);
+                let mut acc6_0 = vmulq_f32(vld1q_f32(w6), x0);
+                let mut acc7_0 = vmulq_f32(vld1q_f32(w7), x0);
                 let x4 = vld1q_f32(xp.add(4));
-                let mut acc0_1 = vmulq_f32(vld1q_f32(w0.add(4)), x4);
-                let mut acc1_1 = vmulq_f32(vld1q_f32(w1.add(4)), x4);
-                let mut acc2_1 = vmulq_f32(vld1q_f32(w2.add(4)), x4);
-                let mut acc3_1 = vmulq_f32(vld1q_f32(w3.add(4)), x4);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(4)), x4);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(4)), x4);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(4)), x4);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(4)), x4);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(4)), x4);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(4)), x4);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(4)), x4);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(4)), x4);
                 let x8 = vld1q_f32(xp.add(8));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(8)), x8);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(8)), x8);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(8)), x8);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(8)), x8);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(8)), x8);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(8)), x8);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(8)), x8);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(8)), x8);
                 let x12 = vld1q_f32(xp.add(12));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(12)), x12);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(12)), x12);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(12)), x12);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(12)), x12);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(12)), x12);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(12)), x12);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(12)), x12);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(12)), x12);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(12)), x12);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(12)), x12);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(12)), x12);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(12)), x12);
                 let x16 = vld1q_f32(xp.add(16));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(16)), x16);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(16)), x16);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(16)), x16);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(16)), x16);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(16)), x16);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(16)), x16);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(16)), x16);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(16)), x16);
                 let x20 = vld1q_f32(xp.add(20));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(20)), x20);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(20)), x20);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(20)), x20);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(20)), x20);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(20)), x20);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(20)), x20);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(20)), x20);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(20)), x20);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(20)), x20);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(20)), x20);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(20)), x20);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(20)), x20);
                 let x24 = vld1q_f32(xp.add(24));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(24)), x24);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(24)), x24);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(24)), x24);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(24)), x24);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(24)), x24);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(24)), x24);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(24)), x24);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(24)), x24);
                 let x28 = vld1q_f32(xp.add(28));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(28)), x28);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(28)), x28);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(28)), x28);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(28)), x28);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(28)), x28);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(28)), x28);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(28)), x28);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(28)), x28);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(28)), x28);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(28)), x28);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(28)), x28);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(28)), x28);
                 let x32 = vld1q_f32(xp.add(32));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(32)), x32);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(32)), x32);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(32)), x32);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(32)), x32);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(32)), x32);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(32)), x32);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(32)), x32);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(32)), x32);
                 let x36 = vld1q_f32(xp.add(36));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(36)), x36);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(36)), x36);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(36)), x36);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(36)), x36);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(36)), x36);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(36)), x36);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(36)), x36);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(36)), x36);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(36)), x36);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(36)), x36);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(36)), x36);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(36)), x36);
                 let x40 = vld1q_f32(xp.add(40));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(40)), x40);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(40)), x40);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(40)), x40);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(40)), x40);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(40)), x40);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(40)), x40);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(40)), x40);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(40)), x40);
                 let x44 = vld1q_f32(xp.add(44));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(44)), x44);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(44)), x44);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(44)), x44);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(44)), x44);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(44)), x44);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(44)), x44);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(44)), x44);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(44)), x44);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(44)), x44);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(44)), x44);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(44)), x44);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(44)), x44);
                 let x48 = vld1q_f32(xp.add(48));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(48)), x48);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(48)), x48);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(48)), x48);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(48)), x48);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(48)), x48);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(48)), x48);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(48)), x48);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(48)), x48);
                 let x52 = vld1q_f32(xp.add(52));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(52)), x52);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(52)), x52);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(52)), x52);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(52)), x52);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(52)), x52);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(52)), x52);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(52)), x52);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(52)), x52);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(52)), x52);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(52)), x52);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(52)), x52);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(52)), x52);
                 let x56 = vld1q_f32(xp.add(56));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(56)), x56);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(56)), x56);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(56)), x56);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(56)), x56);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(56)), x56);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(56)), x56);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(56)), x56);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(56)), x56);
                 let x60 = vld1q_f32(xp.add(60));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(60)), x60);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(60)), x60);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(60)), x60);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(60)), x60);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(60)), x60);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(60)), x60);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(60)), x60);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(60)), x60);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(60)), x60);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(60)), x60);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(60)), x60);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(60)), x60);
                 let x64 = vld1q_f32(xp.add(64));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(64)), x64);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(64)), x64);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(64)), x64);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(64)), x64);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(64)), x64);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(64)), x64);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(64)), x64);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(64)), x64);
                 let x68 = vld1q_f32(xp.add(68));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(68)), x68);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(68)), x68);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(68)), x68);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(68)), x68);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(68)), x68);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(68)), x68);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(68)), x68);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(68)), x68);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(68)), x68);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(68)), x68);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(68)), x68);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(68)), x68);
                 let x72 = vld1q_f32(xp.add(72));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(72)), x72);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(72)), x72);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(72)), x72);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(72)), x72);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(72)), x72);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(72)), x72);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(72)), x72);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(72)), x72);
                 let x76 = vld1q_f32(xp.add(76));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(76)), x76);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(76)), x76);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(76)), x76);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(76)), x76);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(76)), x76);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(76)), x76);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(76)), x76);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(76)), x76);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(76)), x76);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(76)), x76);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(76)), x76);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(76)), x76);
                 let x80 = vld1q_f32(xp.add(80));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(80)), x80);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(80)), x80);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(80)), x80);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(80)), x80);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(80)), x80);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(80)), x80);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(80)), x80);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(80)), x80);
                 let x84 = vld1q_f32(xp.add(84));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(84)), x84);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(84)), x84);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(84)), x84);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(84)), x84);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(84)), x84);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(84)), x84);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(84)), x84);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(84)), x84);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(84)), x84);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(84)), x84);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(84)), x84);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(84)), x84);
                 let x88 = vld1q_f32(xp.add(88));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(88)), x88);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(88)), x88);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(88)), x88);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(88)), x88);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(88)), x88);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(88)), x88);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(88)), x88);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(88)), x88);
                 let x92 = vld1q_f32(xp.add(92));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(92)), x92);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(92)), x92);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(92)), x92);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(92)), x92);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(92)), x92);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(92)), x92);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(92)), x92);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(92)), x92);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(92)), x92);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(92)), x92);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(92)), x92);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(92)), x92);
                 let x96 = vld1q_f32(xp.add(96));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(96)), x96);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(96)), x96);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(96)), x96);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(96)), x96);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(96)), x96);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(96)), x96);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(96)), x96);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(96)), x96);
                 let x100 = vld1q_f32(xp.add(100));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(100)), x100);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(100)), x100);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(100)), x100);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(100)), x100);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(100)), x100);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(100)), x100);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(100)), x100);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(100)), x100);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(100)), x100);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(100)), x100);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(100)), x100);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(100)), x100);
                 let x104 = vld1q_f32(xp.add(104));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(104)), x104);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(104)), x104);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(104)), x104);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(104)), x104);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(104)), x104);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(104)), x104);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(104)), x104);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(104)), x104);
                 let x108 = vld1q_f32(xp.add(108));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(108)), x108);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(108)), x108);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(108)), x108);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(108)), x108);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(108)), x108);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(108)), x108);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(108)), x108);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(108)), x108);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(108)), x108);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(108)), x108);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(108)), x108);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(108)), x108);
                 let x112 = vld1q_f32(xp.add(112));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(112)), x112);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(112)), x112);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(112)), x112);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(112)), x112);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(112)), x112);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(112)), x112);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(112)), x112);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(112)), x112);
                 let x116 = vld1q_f32(xp.add(116));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(116)), x116);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(116)), x116);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(116)), x116);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(116)), x116);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(116)), x116);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(116)), x116);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(116)), x116);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(116)), x116);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(116)), x116);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(116)), x116);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(116)), x116);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(116)), x116);
                 let x120 = vld1q_f32(xp.add(120));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(120)), x120);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(120)), x120);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(120)), x120);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(120)), x120);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(120)), x120);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(120)), x120);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(120)), x120);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(120)), x120);
                 let x124 = vld1q_f32(xp.add(124));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(124)), x124);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(124)), x124);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(124)), x124);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(124)), x124);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(124)), x124);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(124)), x124);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(124)), x124);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(124)), x124);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(124)), x124);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(124)), x124);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(124)), x124);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(124)), x124);
                 let x128 = vld1q_f32(xp.add(128));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(128)), x128);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(128)), x128);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(128)), x128);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(128)), x128);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(128)), x128);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(128)), x128);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(128)), x128);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(128)), x128);
                 let x132 = vld1q_f32(xp.add(132));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(132)), x132);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(132)), x132);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(132)), x132);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(132)), x132);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(132)), x132);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(132)), x132);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(132)), x132);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(132)), x132);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(132)), x132);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(132)), x132);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(132)), x132);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(132)), x132);
                 let x136 = vld1q_f32(xp.add(136));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(136)), x136);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(136)), x136);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(136)), x136);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(136)), x136);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(136)), x136);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(136)), x136);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(136)), x136);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(136)), x136);
                 let x140 = vld1q_f32(xp.add(140));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(140)), x140);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(140)), x140);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(140)), x140);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(140)), x140);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(140)), x140);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(140)), x140);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(140)), x140);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(140)), x140);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(140)), x140);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(140)), x140);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(140)), x140);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(140)), x140);
                 let x144 = vld1q_f32(xp.add(144));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(144)), x144);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(144)), x144);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(144)), x144);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(144)), x144);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(144)), x144);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(144)), x144);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(144)), x144);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(144)), x144);
                 let x148 = vld1q_f32(xp.add(148));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(148)), x148);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(148)), x148);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(148)), x148);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(148)), x148);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(148)), x148);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(148)), x148);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(148)), x148);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(148)), x148);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(148)), x148);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(148)), x148);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(148)), x148);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(148)), x148);
                 let x152 = vld1q_f32(xp.add(152));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(152)), x152);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(152)), x152);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(152)), x152);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(152)), x152);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(152)), x152);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(152)), x152);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(152)), x152);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(152)), x152);
                 let x156 = vld1q_f32(xp.add(156));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(156)), x156);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(156)), x156);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(156)), x156);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(156)), x156);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(156)), x156);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(156)), x156);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(156)), x156);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(156)), x156);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(156)), x156);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(156)), x156);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(156)), x156);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(156)), x156);
                 let x160 = vld1q_f32(xp.add(160));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(160)), x160);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(160)), x160);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(160)), x160);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(160)), x160);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(160)), x160);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(160)), x160);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(160)), x160);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(160)), x160);
                 let x164 = vld1q_f32(xp.add(164));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(164)), x164);
-                acc1_1 = vfmaq_f32(acc1_1, vld1q_f32(w1.add(164)), x164);
-                acc2_1 = vfmaq_f32(acc2_1, vld1q_f32(w2.add(164)), x164);
-                acc3_1 = vfmaq_f32(acc3_1, vld1q_f32(w3.add(164)), x164);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(164)), x164);
+                acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(164)), x164);
+                acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(164)), x164);
+                acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(164)), x164);
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(164)), x164);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(164)), x164);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(164)), x164);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(164)), x164);
                 let x168 = vld1q_f32(xp.add(168));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(168)), x168);
                 acc1_0 = vfmaq_f32(acc1_0, vld1q_f32(w1.add(168)), x168);
                 acc2_0 = vfmaq_f32(acc2_0, vld1q_f32(w2.add(168)), x168);
                 acc3_0 = vfmaq_f32(acc3_0, vld1q_f32(w3.add(168)), x168);
-                *op.add(r) = vaddvq_f32(vaddq_f32(acc0_0, acc0_1));
-                *op.add(r + 1) = vaddvq_f32(vaddq_f32(acc1_0, acc1_1));
-                *op.add(r + 2) = vaddvq_f32(vaddq_f32(acc2_0, acc2_1));
-                *op.add(r + 3) = vaddvq_f32(vaddq_f32(acc3_0, acc3_1));
+                acc4_0 = vfmaq_f32(acc4_0, vld1q_f32(w4.add(168)), x168);
+                acc5_0 = vfmaq_f32(acc5_0, vld1q_f32(w5.add(168)), x168);
+                acc6_0 = vfmaq_f32(acc6_0, vld1q_f32(w6.add(168)), x168);
+                acc7_0 = vfmaq_f32(acc7_0, vld1q_f32(w7.add(168)), x168);
+                *op.add(r) = vaddvq_f32(acc0_0);
+                *op.add(r + 1) = vaddvq_f32(acc1_0);
+                *op.add(r + 2) = vaddvq_f32(acc2_0);
+                *op.add(r + 3) = vaddvq_f32(acc3_0);
+                *op.add(r + 4) = vaddvq_f32(acc4_0);
+                *op.add(r + 5) = vaddvq_f32(acc5_0);
+                *op.add(r + 6) = vaddvq_f32(acc6_0);
+                *op.add(r + 7) = vaddvq_f32(acc7_0);
             }
 
             // The last rows of a block whose length is not a multiple of the tile.
-            for r in tiles * 4..rows {
+            for r in tiles * 8..rows {
                 let w0 = wp.add(r * 172);
                 let x0 = vld1q_f32(xp);
                 let mut acc0_0 = vmulq_f32(vld1q_f32(w0), x0);
                 let x4 = vld1q_f32(xp.add(4));
-                let mut acc0_1 = vmulq_f32(vld1q_f32(w0.add(4)), x4);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(4)), x4);
                 let x8 = vld1q_f32(xp.add(8));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(8)), x8);
                 let x12 = vld1q_f32(xp.add(12));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(12)), x12);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(12)), x12);
                 let x16 = vld1q_f32(xp.add(16));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(16)), x16);
                 let x20 = vld1q_f32(xp.add(20));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(20)), x20);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(20)), x20);
                 let x24 = vld1q_f32(xp.add(24));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(24)), x24);
                 let x28 = vld1q_f32(xp.add(28));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(28)), x28);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(28)), x28);
                 let x32 = vld1q_f32(xp.add(32));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(32)), x32);
                 let x36 = vld1q_f32(xp.add(36));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(36)), x36);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(36)), x36);
                 let x40 = vld1q_f32(xp.add(40));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(40)), x40);
                 let x44 = vld1q_f32(xp.add(44));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(44)), x44);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(44)), x44);
                 let x48 = vld1q_f32(xp.add(48));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(48)), x48);
                 let x52 = vld1q_f32(xp.add(52));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(52)), x52);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(52)), x52);
                 let x56 = vld1q_f32(xp.add(56));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(56)), x56);
                 let x60 = vld1q_f32(xp.add(60));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(60)), x60);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(60)), x60);
                 let x64 = vld1q_f32(xp.add(64));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(64)), x64);
                 let x68 = vld1q_f32(xp.add(68));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(68)), x68);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(68)), x68);
                 let x72 = vld1q_f32(xp.add(72));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(72)), x72);
                 let x76 = vld1q_f32(xp.add(76));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(76)), x76);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(76)), x76);
                 let x80 = vld1q_f32(xp.add(80));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(80)), x80);
                 let x84 = vld1q_f32(xp.add(84));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(84)), x84);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(84)), x84);
                 let x88 = vld1q_f32(xp.add(88));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(88)), x88);
                 let x92 = vld1q_f32(xp.add(92));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(92)), x92);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(92)), x92);
                 let x96 = vld1q_f32(xp.add(96));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(96)), x96);
                 let x100 = vld1q_f32(xp.add(100));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(100)), x100);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(100)), x100);
                 let x104 = vld1q_f32(xp.add(104));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(104)), x104);
                 let x108 = vld1q_f32(xp.add(108));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(108)), x108);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(108)), x108);
                 let x112 = vld1q_f32(xp.add(112));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(112)), x112);
                 let x116 = vld1q_f32(xp.add(116));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(116)), x116);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(116)), x116);
                 let x120 = vld1q_f32(xp.add(120));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(120)), x120);
                 let x124 = vld1q_f32(xp.add(124));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(124)), x124);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(124)), x124);
                 let x128 = vld1q_f32(xp.add(128));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(128)), x128);
                 let x132 = vld1q_f32(xp.add(132));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(132)), x132);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(132)), x132);
                 let x136 = vld1q_f32(xp.add(136));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(136)), x136);
                 let x140 = vld1q_f32(xp.add(140));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(140)), x140);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(140)), x140);
                 let x144 = vld1q_f32(xp.add(144));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(144)), x144);
                 let x148 = vld1q_f32(xp.add(148));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(148)), x148);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(148)), x148);
                 let x152 = vld1q_f32(xp.add(152));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(152)), x152);
                 let x156 = vld1q_f32(xp.add(156));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(156)), x156);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(156)), x156);
                 let x160 = vld1q_f32(xp.add(160));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(160)), x160);
                 let x164 = vld1q_f32(xp.add(164));
-                acc0_1 = vfmaq_f32(acc0_1, vld1q_f32(w0.add(164)), x164);
+                acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(164)), x164);
                 let x168 = vld1q_f32(xp.add(168));
                 acc0_0 = vfmaq_f32(acc0_0, vld1q_f32(w0.add(168)), x168);
-                *op.add(r) = vaddvq_f32(vaddq_f32(acc0_0, acc0_1));
+                *op.add(r) = vaddvq_f32(acc0_0);
             }
         }
+    }
+
+    /// `out[t · ld + r] = Σ w[r][c] · x[t][c]` for a block of rows of 64 columns and
+    /// any number of tokens: the one batched body every 64-column shape shares.
+    #[target_feature(enable = "neon")]
+    unsafe fn gemm_x64(w: &[[f32; 64]], x: &[[f32; 64]], out: *mut f32, ld: usize) {
+        let (rows, tokens) = (w.len(), x.len());
+        let wp = w.as_ptr().cast::<f32>();
+        let xp = x.as_ptr().cast::<f32>();
+        let (row_tiles, token_tiles) = (rows / 4, tokens / 4);
+
+        // SAFETY: `w` and `x` are whole rows (slices of arrays), every tile reads rows
+        // below w.len() and tokens below x.len(), and the caller guarantees the outputs
+        // and the CPU features.
+        unsafe {
+            // Row tiles outside, so a tile's 4 rows stay in L1 while every token passes over
+            // them; the weights are read from memory once per call.
+            for i in 0..row_tiles {
+                let r = i * 4;
+                for j in 0..token_tiles {
+                    let t = j * 4;
+                    tile4x4_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r), ld);
+                }
+                for t in token_tiles * 4..tokens {
+                    tile4x1_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r));
+                }
+            }
+            for r in row_tiles * 4..rows {
+                for t in 0..tokens {
+                    tile1x1_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r));
+                }
+            }
+        }
+    }
+
+    /// 4 rows × 4 tokens of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile4x4_x64(wp: *const f32, xp: *const f32, op: *mut f32, ld: usize) {
+        let w0 = vld1q_f32(wp);
+        let w1 = vld1q_f32(wp.add(64));
+        let w2 = vld1q_f32(wp.add(128));
+        let w3 = vld1q_f32(wp.add(192));
+        let x0 = vld1q_f32(xp);
+        let mut acc0_0 = vmulq_f32(w0, x0);
+        let mut acc1_0 = vmulq_f32(w1, x0);
+        let mut acc2_0 = vmulq_f32(w2, x0);
+        let mut acc3_0 = vmulq_f32(w3, x0);
+        let x1 = vld1q_f32(xp.add(64));
+        let mut acc0_1 = vmulq_f32(w0, x1);
+        let mut acc1_1 = vmulq_f32(w1, x1);
+        let mut acc2_1 = vmulq_f32(w2, x1);
+        let mut acc3_1 = vmulq_f32(w3, x1);
+        let x2 = vld1q_f32(xp.add(128));
+        let mut acc0_2 = vmulq_f32(w0, x2);
+        let mut acc1_2 = vmulq_f32(w1, x2);
+        let mut acc2_2 = vmulq_f32(w2, x2);
+        let mut acc3_2 = vmulq_f32(w3, x2);
+        let x3 = vld1q_f32(xp.add(192));
+        let mut acc0_3 = vmulq_f32(w0, x3);
+        let mut acc1_3 = vmulq_f32(w1, x3);
+        let mut acc2_3 = vmulq_f32(w2, x3);
+        let mut acc3_3 = vmulq_f32(w3, x3);
+        for k in 1..16 {
+            let wk = wp.add(k * 4);
+            let xk = xp.add(k * 4);
+            let w0 = vld1q_f32(wk);
+            let w1 = vld1q_f32(wk.add(64));
+            let w2 = vld1q_f32(wk.add(128));
+            let w3 = vld1q_f32(wk.add(192));
+            let x0 = vld1q_f32(xk);
+            acc0_0 = vfmaq_f32(acc0_0, w0, x0);
+            acc1_0 = vfmaq_f32(acc1_0, w1, x0);
+            acc2_0 = vfmaq_f32(acc2_0, w2, x0);
+            acc3_0 = vfmaq_f32(acc3_0, w3, x0);
+            let x1 = vld1q_f32(xk.add(64));
+            acc0_1 = vfmaq_f32(acc0_1, w0, x1);
+            acc1_1 = vfmaq_f32(acc1_1, w1, x1);
+            acc2_1 = vfmaq_f32(acc2_1, w2, x1);
+            acc3_1 = vfmaq_f32(acc3_1, w3, x1);
+            let x2 = vld1q_f32(xk.add(128));
+            acc0_2 = vfmaq_f32(acc0_2, w0, x2);
+            acc1_2 = vfmaq_f32(acc1_2, w1, x2);
+            acc2_2 = vfmaq_f32(acc2_2, w2, x2);
+            acc3_2 = vfmaq_f32(acc3_2, w3, x2);
+            let x3 = vld1q_f32(xk.add(192));
+            acc0_3 = vfmaq_f32(acc0_3, w0, x3);
+            acc1_3 = vfmaq_f32(acc1_3, w1, x3);
+            acc2_3 = vfmaq_f32(acc2_3, w2, x3);
+            acc3_3 = vfmaq_f32(acc3_3, w3, x3);
+        }
+        *op.add(0) = vaddvq_f32(acc0_0);
+        *op.add(1) = vaddvq_f32(acc1_0);
+        *op.add(2) = vaddvq_f32(acc2_0);
+        *op.add(3) = vaddvq_f32(acc3_0);
+        *op.add(ld) = vaddvq_f32(acc0_1);
+        *op.add(ld + 1) = vaddvq_f32(acc1_1);
+        *op.add(ld + 2) = vaddvq_f32(acc2_1);
+        *op.add(ld + 3) = vaddvq_f32(acc3_1);
+        *op.add(2 * ld) = vaddvq_f32(acc0_2);
+        *op.add(2 * ld + 1) = vaddvq_f32(acc1_2);
+        *op.add(2 * ld + 2) = vaddvq_f32(acc2_2);
+        *op.add(2 * ld + 3) = vaddvq_f32(acc3_2);
+        *op.add(3 * ld) = vaddvq_f32(acc0_3);
+        *op.add(3 * ld + 1) = vaddvq_f32(acc1_3);
+        *op.add(3 * ld + 2) = vaddvq_f32(acc2_3);
+        *op.add(3 * ld + 3) = vaddvq_f32(acc3_3);
+    }
+
+    /// 4 rows × 1 token of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile4x1_x64(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = vld1q_f32(wp);
+        let w1 = vld1q_f32(wp.add(64));
+        let w2 = vld1q_f32(wp.add(128));
+        let w3 = vld1q_f32(wp.add(192));
+        let x0 = vld1q_f32(xp);
+        let mut acc0_0 = vmulq_f32(w0, x0);
+        let mut acc1_0 = vmulq_f32(w1, x0);
+        let mut acc2_0 = vmulq_f32(w2, x0);
+        let mut acc3_0 = vmulq_f32(w3, x0);
+        for k in 1..16 {
+            let wk = wp.add(k * 4);
+            let xk = xp.add(k * 4);
+            let w0 = vld1q_f32(wk);
+            let w1 = vld1q_f32(wk.add(64));
+            let w2 = vld1q_f32(wk.add(128));
+            let w3 = vld1q_f32(wk.add(192));
+            let x0 = vld1q_f32(xk);
+            acc0_0 = vfmaq_f32(acc0_0, w0, x0);
+            acc1_0 = vfmaq_f32(acc1_0, w1, x0);
+            acc2_0 = vfmaq_f32(acc2_0, w2, x0);
+            acc3_0 = vfmaq_f32(acc3_0, w3, x0);
+        }
+        *op.add(0) = vaddvq_f32(acc0_0);
+        *op.add(1) = vaddvq_f32(acc1_0);
+        *op.add(2) = vaddvq_f32(acc2_0);
+        *op.add(3) = vaddvq_f32(acc3_0);
+    }
+
+    /// 1 row × 1 token of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile1x1_x64(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = vld1q_f32(wp);
+        let x0 = vld1q_f32(xp);
+        let mut acc0_0 = vmulq_f32(w0, x0);
+        for k in 1..16 {
+            let wk = wp.add(k * 4);
+            let xk = xp.add(k * 4);
+            let w0 = vld1q_f32(wk);
+            let x0 = vld1q_f32(xk);
+            acc0_0 = vfmaq_f32(acc0_0, w0, x0);
+        }
+        *op.add(0) = vaddvq_f32(acc0_0);
+    }
+
+    /// `out[t · ld + r] = Σ w[r][c] · x[t][c]` for a block of rows of 172 columns
+    /// and any number of tokens: the one batched body every 172-column shape shares.
+    #[target_feature(enable = "neon")]
+    unsafe fn gemm_x172(w: &[[f32; 172]], x: &[[f32; 172]], out: *mut f32, ld: usize) {
+        let (rows, tokens) = (w.len(), x.len());
+        let wp = w.as_ptr().cast::<f32>();
+        let xp = x.as_ptr().cast::<f32>();
+        let (row_tiles, token_tiles) = (rows / 4, tokens / 4);
+
+        // SAFETY: `w` and `x` are whole rows (slices of arrays), every tile reads rows
+        // below w.len() and tokens below x.len(), and the caller guarantees the outputs
+        // and the CPU features.
+        unsafe {
+            // Row tiles outside, so a tile's 4 rows stay in L1 while every token passes over
+            // them; the weights are read from memory once per call.
+            for i in 0..row_tiles {
+                let r = i * 4;
+                for j in 0..token_tiles {
+                    let t = j * 4;
+                    tile4x4_x172(
+                        wp.add(r * 172),
+                        xp.add(t * 172),
+                        out.add(t * ld + r),
+                        ld,
+                    );
+                }
+                for t in token_tiles * 4..tokens {
+                    tile4x1_x172(wp.add(r * 172), xp.add(t * 172), out.add(t * ld + r));
+                }
+            }
+            for r in row_tiles * 4..rows {
+                for t in 0..tokens {
+                    tile1x1_x172(wp.add(r * 172), xp.add(t * 172), out.add(t * ld + r));
+                }
+            }
+        }
+    }
+
+    /// 4 rows × 4 tokens of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile4x4_x172(wp: *const f32, xp: *const f32, op: *mut f32, ld: usize) {
+        let w0 = vld1q_f32(wp);
+        let w1 = vld1q_f32(wp.add(172));
+        let w2 = vld1q_f32(wp.add(344));
+        let w3 = vld1q_f32(wp.add(516));
+        let x0 = vld1q_f32(xp);
+        let mut acc0_0 = vmulq_f32(w0, x0);
+        let mut acc1_0 = vmulq_f32(w1, x0);
+        let mut acc2_0 = vmulq_f32(w2, x0);
+        let mut acc3_0 = vmulq_f32(w3, x0);
+        let x1 = vld1q_f32(xp.add(172));
+        let mut acc0_1 = vmulq_f32(w0, x1);
+        let mut acc1_1 = vmulq_f32(w1, x1);
+        let mut acc2_1 = vmulq_f32(w2, x1);
+        let mut acc3_1 = vmulq_f32(w3, x1);
+        let x2 = vld1q_f32(xp.add(344));
+        let mut acc0_2 = vmulq_f32(w0, x2);
+        let mut acc1_2 = vmulq_f32(w1, x2);
+        let mut acc2_2 = vmulq_f32(w2, x2);
+        let mut acc3_2 = vmulq_f32(w3, x2);
+        let x3 = vld1q_f32(xp.add(516));
+        let mut acc0_3 = vmulq_f32(w0, x3);
+        let mut acc1_3 = vmulq_f32(w1, x3);
+        let mut acc2_3 = vmulq_f32(w2, x3);
+        let mut acc3_3 = vmulq_f32(w3, x3);
+        for k in 1..43 {
+            let wk = wp.add(k * 4);
+            let xk = xp.add(k * 4);
+            let w0 = vld1q_f32(wk);
+            let w1 = vld1q_f32(wk.add(172));
+            let w2 = vld1q_f32(wk.add(344));
+            let w3 = vld1q_f32(wk.add(516));
+            let x0 = vld1q_f32(xk);
+            acc0_0 = vfmaq_f32(acc0_0, w0, x0);
+            acc1_0 = vfmaq_f32(acc1_0, w1, x0);
+            acc2_0 = vfmaq_f32(acc2_0, w2, x0);
+            acc3_0 = vfmaq_f32(acc3_0, w3, x0);
+            let x1 = vld1q_f32(xk.add(172));
+            acc0_1 = vfmaq_f32(acc0_1, w0, x1);
+            acc1_1 = vfmaq_f32(acc1_1, w1, x1);
+            acc2_1 = vfmaq_f32(acc2_1, w2, x1);
+            acc3_1 = vfmaq_f32(acc3_1, w3, x1);
+            let x2 = vld1q_f32(xk.add(344));
+            acc0_2 = vfmaq_f32(acc0_2, w0, x2);
+            acc1_2 = vfmaq_f32(acc1_2, w1, x2);
+            acc2_2 = vfmaq_f32(acc2_2, w2, x2);
+            acc3_2 = vfmaq_f32(acc3_2, w3, x2);
+            let x3 = vld1q_f32(xk.add(516));
+            acc0_3 = vfmaq_f32(acc0_3, w0, x3);
+            acc1_3 = vfmaq_f32(acc1_3, w1, x3);
+            acc2_3 = vfmaq_f32(acc2_3, w2, x3);
+            acc3_3 = vfmaq_f32(acc3_3, w3, x3);
+        }
+        *op.add(0) = vaddvq_f32(acc0_0);
+        *op.add(1) = vaddvq_f32(acc1_0);
+        *op.add(2) = vaddvq_f32(acc2_0);
+        *op.add(3) = vaddvq_f32(acc3_0);
+        *op.add(ld) = vaddvq_f32(acc0_1);
+        *op.add(ld + 1) = vaddvq_f32(acc1_1);
+        *op.add(ld + 2) = vaddvq_f32(acc2_1);
+        *op.add(ld + 3) = vaddvq_f32(acc3_1);
+        *op.add(2 * ld) = vaddvq_f32(acc0_2);
+        *op.add(2 * ld + 1) = vaddvq_f32(acc1_2);
+        *op.add(2 * ld + 2) = vaddvq_f32(acc2_2);
+        *op.add(2 * ld + 3) = vaddvq_f32(acc3_2);
+        *op.add(3 * ld) = vaddvq_f32(acc0_3);
+        *op.add(3 * ld + 1) = vaddvq_f32(acc1_3);
+        *op.add(3 * ld + 2) = vaddvq_f32(acc2_3);
+        *op.add(3 * ld + 3) = vaddvq_f32(acc3_3);
+    }
+
+    /// 4 rows × 1 token of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile4x1_x172(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = vld1q_f32(wp);
+        let w1 = vld1q_f32(wp.add(172));
+        let w2 = vld1q_f32(wp.add(344));
+        let w3 = vld1q_f32(wp.add(516));
+        let x0 = vld1q_f32(xp);
+        let mut acc0_0 = vmulq_f32(w0, x0);
+        let mut acc1_0 = vmulq_f32(w1, x0);
+        let mut acc2_0 = vmulq_f32(w2, x0);
+        let mut acc3_0 = vmulq_f32(w3, x0);
+        for k in 1..43 {
+            let wk = wp.add(k * 4);
+            let xk = xp.add(k * 4);
+            let w0 = vld1q_f32(wk);
+            let w1 = vld1q_f32(wk.add(172));
+            let w2 = vld1q_f32(wk.add(344));
+            let w3 = vld1q_f32(wk.add(516));
+            let x0 = vld1q_f32(xk);
+            acc0_0 = vfmaq_f32(acc0_0, w0, x0);
+            acc1_0 = vfmaq_f32(acc1_0, w1, x0);
+            acc2_0 = vfmaq_f32(acc2_0, w2, x0);
+            acc3_0 = vfmaq_f32(acc3_0, w3, x0);
+        }
+        *op.add(0) = vaddvq_f32(acc0_0);
+        *op.add(1) = vaddvq_f32(acc1_0);
+        *op.add(2) = vaddvq_f32(acc2_0);
+        *op.add(3) = vaddvq_f32(acc3_0);
+    }
+
+    /// 1 row × 1 token of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn tile1x1_x172(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = vld1q_f32(wp);
+        let x0 = vld1q_f32(xp);
+        let mut acc0_0 = vmulq_f32(w0, x0);
+        for k in 1..43 {
+            let wk = wp.add(k * 4);
+            let xk = xp.add(k * 4);
+            let w0 = vld1q_f32(wk);
+            let x0 = vld1q_f32(xk);
+            acc0_0 = vfmaq_f32(acc0_0, w0, x0);
+        }
+        *op.add(0) = vaddvq_f32(acc0_0);
     }
 
     /// `out = weight · x / sqrt(mean(x²) + 0.00001)` over 64 values, as llama2.c
@@ -1018,6 +1822,106 @@ pub mod avx2 {
         unsafe { gemv_x64(w, x, out) }
     }
 
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 32×64 (wk, wv)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_32x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX2 and FMA: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_32x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×64 (wq, wo)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_64x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX2 and FMA: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_64x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×172 (w2) matrix
+    /// and every token row `t` of `x`; bit for bit what `gemv_64x172` gives for each
+    /// token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX2 and FMA: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_64x172(
+        w: &[[f32; 172]],
+        x: &[[f32; 172]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x172(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 172×64 (w1, w3)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_172x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX2 and FMA: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_172x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 512×64
+    /// (classifier) matrix and every token row `t` of `x`; bit for bit what
+    /// `gemv_512x64` gives for each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX2 and FMA: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_512x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
     /// `out = W · x` for any number of rows of 64 columns: the one body every
     /// 64-column shape shares, since the row count only bounds the row loop.
     #[target_feature(enable = "avx2,fma")]
@@ -1027,7 +1931,7 @@ pub mod avx2 {
             "gemv: the weight block and the output must have the same number of rows"
         );
         let rows = out.len();
-        let tiles = rows / 4;
+        let tiles = rows / 8;
         let wp = w.as_ptr().cast::<f32>();
         let xp = x.as_ptr();
         let op = out.as_mut_ptr();
@@ -1036,81 +1940,121 @@ pub mod avx2 {
         // 64; `r` stays below rows = w.len() = out.len(); tail chunks touch only in-bounds
         // lanes. The caller guarantees the CPU features.
         unsafe {
-            // Tiles of 4 rows share each load of x; 2 accumulators per row keep 8 FMA chains
+            // Tiles of 8 rows share each load of x; 1 accumulators per row keep 8 FMA chains
             // in flight.
             for t in 0..tiles {
-                let r = t * 4;
+                let r = t * 8;
                 let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 64);
                 let w1 = w0.add(64);
                 let w2 = w0.add(128);
                 let w3 = w0.add(192);
+                let w4 = w0.add(256);
+                let w5 = w0.add(320);
+                let w6 = w0.add(384);
+                let w7 = w0.add(448);
                 let x0 = _mm256_loadu_ps(xp);
                 let mut acc0_0 = _mm256_mul_ps(_mm256_loadu_ps(w0), x0);
                 let mut acc1_0 = _mm256_mul_ps(_mm256_loadu_ps(w1), x0);
                 let mut acc2_0 = _mm256_mul_ps(_mm256_loadu_ps(w2), x0);
                 let mut acc3_0 = _mm256_mul_ps(_mm256_loadu_ps(w3), x0);
+                let mut acc4_0 = _mm256_mul_ps(_mm256_loadu_ps(w4), x0);
+                let mut acc5_0 = _mm256_mul_ps(_mm256_loadu_ps(w5), x0);
+                let mut acc6_0 = _mm256_mul_ps(_mm256_loadu_ps(w6), x0);
+                let mut acc7_0 = _mm256_mul_ps(_mm256_loadu_ps(w7), x0);
                 let x8 = _mm256_loadu_ps(xp.add(8));
-                let mut acc0_1 = _mm256_mul_ps(_mm256_loadu_ps(w0.add(8)), x8);
-                let mut acc1_1 = _mm256_mul_ps(_mm256_loadu_ps(w1.add(8)), x8);
-                let mut acc2_1 = _mm256_mul_ps(_mm256_loadu_ps(w2.add(8)), x8);
-                let mut acc3_1 = _mm256_mul_ps(_mm256_loadu_ps(w3.add(8)), x8);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(8)), x8, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(8)), x8, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(8)), x8, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(8)), x8, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(8)), x8, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(8)), x8, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(8)), x8, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(8)), x8, acc7_0);
                 let x16 = _mm256_loadu_ps(xp.add(16));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(16)), x16, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(16)), x16, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(16)), x16, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(16)), x16, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(16)), x16, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(16)), x16, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(16)), x16, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(16)), x16, acc7_0);
                 let x24 = _mm256_loadu_ps(xp.add(24));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(24)), x24, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(24)), x24, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(24)), x24, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(24)), x24, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(24)), x24, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(24)), x24, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(24)), x24, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(24)), x24, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(24)), x24, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(24)), x24, acc7_0);
                 let x32 = _mm256_loadu_ps(xp.add(32));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(32)), x32, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(32)), x32, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(32)), x32, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(32)), x32, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(32)), x32, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(32)), x32, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(32)), x32, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(32)), x32, acc7_0);
                 let x40 = _mm256_loadu_ps(xp.add(40));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(40)), x40, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(40)), x40, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(40)), x40, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(40)), x40, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(40)), x40, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(40)), x40, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(40)), x40, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(40)), x40, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(40)), x40, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(40)), x40, acc7_0);
                 let x48 = _mm256_loadu_ps(xp.add(48));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(48)), x48, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(48)), x48, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(48)), x48, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(48)), x48, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(48)), x48, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(48)), x48, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(48)), x48, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(48)), x48, acc7_0);
                 let x56 = _mm256_loadu_ps(xp.add(56));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(56)), x56, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(56)), x56, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(56)), x56, acc3_1);
-                *op.add(r) = hsum(_mm256_add_ps(acc0_0, acc0_1));
-                *op.add(r + 1) = hsum(_mm256_add_ps(acc1_0, acc1_1));
-                *op.add(r + 2) = hsum(_mm256_add_ps(acc2_0, acc2_1));
-                *op.add(r + 3) = hsum(_mm256_add_ps(acc3_0, acc3_1));
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(56)), x56, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(56)), x56, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(56)), x56, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(56)), x56, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(56)), x56, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(56)), x56, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(56)), x56, acc7_0);
+                *op.add(r) = hsum(acc0_0);
+                *op.add(r + 1) = hsum(acc1_0);
+                *op.add(r + 2) = hsum(acc2_0);
+                *op.add(r + 3) = hsum(acc3_0);
+                *op.add(r + 4) = hsum(acc4_0);
+                *op.add(r + 5) = hsum(acc5_0);
+                *op.add(r + 6) = hsum(acc6_0);
+                *op.add(r + 7) = hsum(acc7_0);
             }
 
             // The last rows of a block whose length is not a multiple of the tile.
-            for r in tiles * 4..rows {
+            for r in tiles * 8..rows {
                 let w0 = wp.add(r * 64);
                 let x0 = _mm256_loadu_ps(xp);
                 let mut acc0_0 = _mm256_mul_ps(_mm256_loadu_ps(w0), x0);
                 let x8 = _mm256_loadu_ps(xp.add(8));
-                let mut acc0_1 = _mm256_mul_ps(_mm256_loadu_ps(w0.add(8)), x8);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(8)), x8, acc0_0);
                 let x16 = _mm256_loadu_ps(xp.add(16));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(16)), x16, acc0_0);
                 let x24 = _mm256_loadu_ps(xp.add(24));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_0);
                 let x32 = _mm256_loadu_ps(xp.add(32));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(32)), x32, acc0_0);
                 let x40 = _mm256_loadu_ps(xp.add(40));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_0);
                 let x48 = _mm256_loadu_ps(xp.add(48));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(48)), x48, acc0_0);
                 let x56 = _mm256_loadu_ps(xp.add(56));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_1);
-                *op.add(r) = hsum(_mm256_add_ps(acc0_0, acc0_1));
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_0);
+                *op.add(r) = hsum(acc0_0);
             }
         }
     }
@@ -1124,7 +2068,7 @@ pub mod avx2 {
             "gemv: the weight block and the output must have the same number of rows"
         );
         let rows = out.len();
-        let tiles = rows / 4;
+        let tiles = rows / 8;
         let wp = w.as_ptr().cast::<f32>();
         let xp = x.as_ptr();
         let op = out.as_mut_ptr();
@@ -1136,201 +2080,636 @@ pub mod avx2 {
             // The last 4 columns: lanes with a zero mask are neither read nor written.
             let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
 
-            // Tiles of 4 rows share each load of x; 2 accumulators per row keep 8 FMA chains
+            // Tiles of 8 rows share each load of x; 1 accumulators per row keep 8 FMA chains
             // in flight.
             for t in 0..tiles {
-                let r = t * 4;
+                let r = t * 8;
                 let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 172);
                 let w1 = w0.add(172);
                 let w2 = w0.add(344);
                 let w3 = w0.add(516);
+                let w4 = w0.add(688);
+                let w5 = w0.add(860);
+                let w6 = w0.add(1032);
+                let w7 = w0.add(1204);
                 let x0 = _mm256_loadu_ps(xp);
                 let mut acc0_0 = _mm256_mul_ps(_mm256_loadu_ps(w0), x0);
                 let mut acc1_0 = _mm256_mul_ps(_mm256_loadu_ps(w1), x0);
                 let mut acc2_0 = _mm256_mul_ps(_mm256_loadu_ps(w2), x0);
                 let mut acc3_0 = _mm256_mul_ps(_mm256_loadu_ps(w3), x0);
+                let mut acc4_0 = _mm256_mul_ps(_mm256_loadu_ps(w4), x0);
+                let mut acc5_0 = _mm256_mul_ps(_mm256_loadu_ps(w5), x0);
+                let mut acc6_0 = _mm256_mul_ps(_mm256_loadu_ps(w6), x0);
+                let mut acc7_0 = _mm256_mul_ps(_mm256_loadu_ps(w7), x0);
                 let x8 = _mm256_loadu_ps(xp.add(8));
-                let mut acc0_1 = _mm256_mul_ps(_mm256_loadu_ps(w0.add(8)), x8);
-                let mut acc1_1 = _mm256_mul_ps(_mm256_loadu_ps(w1.add(8)), x8);
-                let mut acc2_1 = _mm256_mul_ps(_mm256_loadu_ps(w2.add(8)), x8);
-                let mut acc3_1 = _mm256_mul_ps(_mm256_loadu_ps(w3.add(8)), x8);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(8)), x8, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(8)), x8, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(8)), x8, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(8)), x8, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(8)), x8, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(8)), x8, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(8)), x8, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(8)), x8, acc7_0);
                 let x16 = _mm256_loadu_ps(xp.add(16));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(16)), x16, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(16)), x16, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(16)), x16, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(16)), x16, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(16)), x16, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(16)), x16, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(16)), x16, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(16)), x16, acc7_0);
                 let x24 = _mm256_loadu_ps(xp.add(24));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(24)), x24, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(24)), x24, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(24)), x24, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(24)), x24, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(24)), x24, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(24)), x24, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(24)), x24, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(24)), x24, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(24)), x24, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(24)), x24, acc7_0);
                 let x32 = _mm256_loadu_ps(xp.add(32));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(32)), x32, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(32)), x32, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(32)), x32, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(32)), x32, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(32)), x32, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(32)), x32, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(32)), x32, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(32)), x32, acc7_0);
                 let x40 = _mm256_loadu_ps(xp.add(40));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(40)), x40, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(40)), x40, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(40)), x40, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(40)), x40, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(40)), x40, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(40)), x40, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(40)), x40, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(40)), x40, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(40)), x40, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(40)), x40, acc7_0);
                 let x48 = _mm256_loadu_ps(xp.add(48));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(48)), x48, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(48)), x48, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(48)), x48, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(48)), x48, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(48)), x48, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(48)), x48, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(48)), x48, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(48)), x48, acc7_0);
                 let x56 = _mm256_loadu_ps(xp.add(56));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(56)), x56, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(56)), x56, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(56)), x56, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(56)), x56, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(56)), x56, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(56)), x56, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(56)), x56, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(56)), x56, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(56)), x56, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(56)), x56, acc7_0);
                 let x64 = _mm256_loadu_ps(xp.add(64));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(64)), x64, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(64)), x64, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(64)), x64, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(64)), x64, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(64)), x64, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(64)), x64, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(64)), x64, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(64)), x64, acc7_0);
                 let x72 = _mm256_loadu_ps(xp.add(72));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(72)), x72, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(72)), x72, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(72)), x72, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(72)), x72, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(72)), x72, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(72)), x72, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(72)), x72, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(72)), x72, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(72)), x72, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(72)), x72, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(72)), x72, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(72)), x72, acc7_0);
                 let x80 = _mm256_loadu_ps(xp.add(80));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(80)), x80, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(80)), x80, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(80)), x80, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(80)), x80, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(80)), x80, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(80)), x80, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(80)), x80, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(80)), x80, acc7_0);
                 let x88 = _mm256_loadu_ps(xp.add(88));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(88)), x88, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(88)), x88, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(88)), x88, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(88)), x88, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(88)), x88, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(88)), x88, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(88)), x88, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(88)), x88, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(88)), x88, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(88)), x88, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(88)), x88, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(88)), x88, acc7_0);
                 let x96 = _mm256_loadu_ps(xp.add(96));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(96)), x96, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(96)), x96, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(96)), x96, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(96)), x96, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(96)), x96, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(96)), x96, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(96)), x96, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(96)), x96, acc7_0);
                 let x104 = _mm256_loadu_ps(xp.add(104));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(104)), x104, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(104)), x104, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(104)), x104, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(104)), x104, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(104)), x104, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(104)), x104, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(104)), x104, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(104)), x104, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(104)), x104, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(104)), x104, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(104)), x104, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(104)), x104, acc7_0);
                 let x112 = _mm256_loadu_ps(xp.add(112));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(112)), x112, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(112)), x112, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(112)), x112, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(112)), x112, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(112)), x112, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(112)), x112, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(112)), x112, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(112)), x112, acc7_0);
                 let x120 = _mm256_loadu_ps(xp.add(120));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(120)), x120, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(120)), x120, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(120)), x120, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(120)), x120, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(120)), x120, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(120)), x120, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(120)), x120, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(120)), x120, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(120)), x120, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(120)), x120, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(120)), x120, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(120)), x120, acc7_0);
                 let x128 = _mm256_loadu_ps(xp.add(128));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(128)), x128, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(128)), x128, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(128)), x128, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(128)), x128, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(128)), x128, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(128)), x128, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(128)), x128, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(128)), x128, acc7_0);
                 let x136 = _mm256_loadu_ps(xp.add(136));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(136)), x136, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(136)), x136, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(136)), x136, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(136)), x136, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(136)), x136, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(136)), x136, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(136)), x136, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(136)), x136, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(136)), x136, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(136)), x136, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(136)), x136, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(136)), x136, acc7_0);
                 let x144 = _mm256_loadu_ps(xp.add(144));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(144)), x144, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(144)), x144, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(144)), x144, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(144)), x144, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(144)), x144, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(144)), x144, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(144)), x144, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(144)), x144, acc7_0);
                 let x152 = _mm256_loadu_ps(xp.add(152));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(152)), x152, acc0_1);
-                acc1_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(152)), x152, acc1_1);
-                acc2_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(152)), x152, acc2_1);
-                acc3_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(152)), x152, acc3_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(152)), x152, acc0_0);
+                acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(152)), x152, acc1_0);
+                acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(152)), x152, acc2_0);
+                acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(152)), x152, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(152)), x152, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(152)), x152, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(152)), x152, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(152)), x152, acc7_0);
                 let x160 = _mm256_loadu_ps(xp.add(160));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(160)), x160, acc0_0);
                 acc1_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(160)), x160, acc1_0);
                 acc2_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w2.add(160)), x160, acc2_0);
                 acc3_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w3.add(160)), x160, acc3_0);
+                acc4_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w4.add(160)), x160, acc4_0);
+                acc5_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w5.add(160)), x160, acc5_0);
+                acc6_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w6.add(160)), x160, acc6_0);
+                acc7_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w7.add(160)), x160, acc7_0);
                 let x168 = _mm256_maskload_ps(xp.add(168), tail_mask);
-                acc0_1 = _mm256_fmadd_ps(
+                acc0_0 = _mm256_fmadd_ps(
                     _mm256_maskload_ps(w0.add(168), tail_mask),
                     x168,
-                    acc0_1,
+                    acc0_0,
                 );
-                acc1_1 = _mm256_fmadd_ps(
+                acc1_0 = _mm256_fmadd_ps(
                     _mm256_maskload_ps(w1.add(168), tail_mask),
                     x168,
-                    acc1_1,
+                    acc1_0,
                 );
-                acc2_1 = _mm256_fmadd_ps(
+                acc2_0 = _mm256_fmadd_ps(
                     _mm256_maskload_ps(w2.add(168), tail_mask),
                     x168,
-                    acc2_1,
+                    acc2_0,
                 );
-                acc3_1 = _mm256_fmadd_ps(
+                acc3_0 = _mm256_fmadd_ps(
                     _mm256_maskload_ps(w3.add(168), tail_mask),
                     x168,
-                    acc3_1,
+                    acc3_0,
                 );
-                *op.add(r) = hsum(_mm256_add_ps(acc0_0, acc0_1));
-                *op.add(r + 1) = hsum(_mm256_add_ps(acc1_0, acc1_1));
-                *op.add(r + 2) = hsum(_mm256_add_ps(acc2_0, acc2_1));
-                *op.add(r + 3) = hsum(_mm256_add_ps(acc3_0, acc3_1));
+                acc4_0 = _mm256_fmadd_ps(
+                    _mm256_maskload_ps(w4.add(168), tail_mask),
+                    x168,
+                    acc4_0,
+                );
+                acc5_0 = _mm256_fmadd_ps(
+                    _mm256_maskload_ps(w5.add(168), tail_mask),
+                    x168,
+                    acc5_0,
+                );
+                acc6_0 = _mm256_fmadd_ps(
+                    _mm256_maskload_ps(w6.add(168), tail_mask),
+                    x168,
+                    acc6_0,
+                );
+                acc7_0 = _mm256_fmadd_ps(
+                    _mm256_maskload_ps(w7.add(168), tail_mask),
+                    x168,
+                    acc7_0,
+                );
+                *op.add(r) = hsum(acc0_0);
+                *op.add(r + 1) = hsum(acc1_0);
+                *op.add(r + 2) = hsum(acc2_0);
+                *op.add(r + 3) = hsum(acc3_0);
+                *op.add(r + 4) = hsum(acc4_0);
+                *op.add(r + 5) = hsum(acc5_0);
+                *op.add(r + 6) = hsum(acc6_0);
+                *op.add(r + 7) = hsum(acc7_0);
             }
 
             // The last rows of a block whose length is not a multiple of the tile.
-            for r in tiles * 4..rows {
+            for r in tiles * 8..rows {
                 let w0 = wp.add(r * 172);
                 let x0 = _mm256_loadu_ps(xp);
                 let mut acc0_0 = _mm256_mul_ps(_mm256_loadu_ps(w0), x0);
                 let x8 = _mm256_loadu_ps(xp.add(8));
-                let mut acc0_1 = _mm256_mul_ps(_mm256_loadu_ps(w0.add(8)), x8);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(8)), x8, acc0_0);
                 let x16 = _mm256_loadu_ps(xp.add(16));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(16)), x16, acc0_0);
                 let x24 = _mm256_loadu_ps(xp.add(24));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(24)), x24, acc0_0);
                 let x32 = _mm256_loadu_ps(xp.add(32));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(32)), x32, acc0_0);
                 let x40 = _mm256_loadu_ps(xp.add(40));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(40)), x40, acc0_0);
                 let x48 = _mm256_loadu_ps(xp.add(48));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(48)), x48, acc0_0);
                 let x56 = _mm256_loadu_ps(xp.add(56));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(56)), x56, acc0_0);
                 let x64 = _mm256_loadu_ps(xp.add(64));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(64)), x64, acc0_0);
                 let x72 = _mm256_loadu_ps(xp.add(72));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(72)), x72, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(72)), x72, acc0_0);
                 let x80 = _mm256_loadu_ps(xp.add(80));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(80)), x80, acc0_0);
                 let x88 = _mm256_loadu_ps(xp.add(88));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(88)), x88, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(88)), x88, acc0_0);
                 let x96 = _mm256_loadu_ps(xp.add(96));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(96)), x96, acc0_0);
                 let x104 = _mm256_loadu_ps(xp.add(104));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(104)), x104, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(104)), x104, acc0_0);
                 let x112 = _mm256_loadu_ps(xp.add(112));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(112)), x112, acc0_0);
                 let x120 = _mm256_loadu_ps(xp.add(120));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(120)), x120, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(120)), x120, acc0_0);
                 let x128 = _mm256_loadu_ps(xp.add(128));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(128)), x128, acc0_0);
                 let x136 = _mm256_loadu_ps(xp.add(136));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(136)), x136, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(136)), x136, acc0_0);
                 let x144 = _mm256_loadu_ps(xp.add(144));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(144)), x144, acc0_0);
                 let x152 = _mm256_loadu_ps(xp.add(152));
-                acc0_1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(152)), x152, acc0_1);
+                acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(152)), x152, acc0_0);
                 let x160 = _mm256_loadu_ps(xp.add(160));
                 acc0_0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(160)), x160, acc0_0);
                 let x168 = _mm256_maskload_ps(xp.add(168), tail_mask);
-                acc0_1 = _mm256_fmadd_ps(
+                acc0_0 = _mm256_fmadd_ps(
                     _mm256_maskload_ps(w0.add(168), tail_mask),
                     x168,
-                    acc0_1,
+                    acc0_0,
                 );
-                *op.add(r) = hsum(_mm256_add_ps(acc0_0, acc0_1));
+                *op.add(r) = hsum(acc0_0);
             }
         }
+    }
+
+    /// `out[t · ld + r] = Σ w[r][c] · x[t][c]` for a block of rows of 64 columns and
+    /// any number of tokens: the one batched body every 64-column shape shares.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gemm_x64(w: &[[f32; 64]], x: &[[f32; 64]], out: *mut f32, ld: usize) {
+        let (rows, tokens) = (w.len(), x.len());
+        let wp = w.as_ptr().cast::<f32>();
+        let xp = x.as_ptr().cast::<f32>();
+        let (row_tiles, token_tiles) = (rows / 4, tokens / 2);
+
+        // SAFETY: `w` and `x` are whole rows (slices of arrays), every tile reads rows
+        // below w.len() and tokens below x.len(), and the caller guarantees the outputs
+        // and the CPU features.
+        unsafe {
+            // Row tiles outside, so a tile's 4 rows stay in L1 while every token passes over
+            // them; the weights are read from memory once per call.
+            for i in 0..row_tiles {
+                let r = i * 4;
+                for j in 0..token_tiles {
+                    let t = j * 2;
+                    tile4x2_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r), ld);
+                }
+                for t in token_tiles * 2..tokens {
+                    tile4x1_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r));
+                }
+            }
+            for r in row_tiles * 4..rows {
+                for t in 0..tokens {
+                    tile1x1_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r));
+                }
+            }
+        }
+    }
+
+    /// 4 rows × 2 tokens of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile4x2_x64(wp: *const f32, xp: *const f32, op: *mut f32, ld: usize) {
+        let w0 = _mm256_loadu_ps(wp);
+        let w1 = _mm256_loadu_ps(wp.add(64));
+        let w2 = _mm256_loadu_ps(wp.add(128));
+        let w3 = _mm256_loadu_ps(wp.add(192));
+        let x0 = _mm256_loadu_ps(xp);
+        let mut acc0_0 = _mm256_mul_ps(w0, x0);
+        let mut acc1_0 = _mm256_mul_ps(w1, x0);
+        let mut acc2_0 = _mm256_mul_ps(w2, x0);
+        let mut acc3_0 = _mm256_mul_ps(w3, x0);
+        let x1 = _mm256_loadu_ps(xp.add(64));
+        let mut acc0_1 = _mm256_mul_ps(w0, x1);
+        let mut acc1_1 = _mm256_mul_ps(w1, x1);
+        let mut acc2_1 = _mm256_mul_ps(w2, x1);
+        let mut acc3_1 = _mm256_mul_ps(w3, x1);
+        for k in 1..8 {
+            let wk = wp.add(k * 8);
+            let xk = xp.add(k * 8);
+            let w0 = _mm256_loadu_ps(wk);
+            let w1 = _mm256_loadu_ps(wk.add(64));
+            let w2 = _mm256_loadu_ps(wk.add(128));
+            let w3 = _mm256_loadu_ps(wk.add(192));
+            let x0 = _mm256_loadu_ps(xk);
+            acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm256_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm256_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm256_fmadd_ps(w3, x0, acc3_0);
+            let x1 = _mm256_loadu_ps(xk.add(64));
+            acc0_1 = _mm256_fmadd_ps(w0, x1, acc0_1);
+            acc1_1 = _mm256_fmadd_ps(w1, x1, acc1_1);
+            acc2_1 = _mm256_fmadd_ps(w2, x1, acc2_1);
+            acc3_1 = _mm256_fmadd_ps(w3, x1, acc3_1);
+        }
+        *op.add(0) = hsum(acc0_0);
+        *op.add(1) = hsum(acc1_0);
+        *op.add(2) = hsum(acc2_0);
+        *op.add(3) = hsum(acc3_0);
+        *op.add(ld) = hsum(acc0_1);
+        *op.add(ld + 1) = hsum(acc1_1);
+        *op.add(ld + 2) = hsum(acc2_1);
+        *op.add(ld + 3) = hsum(acc3_1);
+    }
+
+    /// 4 rows × 1 token of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile4x1_x64(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = _mm256_loadu_ps(wp);
+        let w1 = _mm256_loadu_ps(wp.add(64));
+        let w2 = _mm256_loadu_ps(wp.add(128));
+        let w3 = _mm256_loadu_ps(wp.add(192));
+        let x0 = _mm256_loadu_ps(xp);
+        let mut acc0_0 = _mm256_mul_ps(w0, x0);
+        let mut acc1_0 = _mm256_mul_ps(w1, x0);
+        let mut acc2_0 = _mm256_mul_ps(w2, x0);
+        let mut acc3_0 = _mm256_mul_ps(w3, x0);
+        for k in 1..8 {
+            let wk = wp.add(k * 8);
+            let xk = xp.add(k * 8);
+            let w0 = _mm256_loadu_ps(wk);
+            let w1 = _mm256_loadu_ps(wk.add(64));
+            let w2 = _mm256_loadu_ps(wk.add(128));
+            let w3 = _mm256_loadu_ps(wk.add(192));
+            let x0 = _mm256_loadu_ps(xk);
+            acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm256_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm256_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm256_fmadd_ps(w3, x0, acc3_0);
+        }
+        *op.add(0) = hsum(acc0_0);
+        *op.add(1) = hsum(acc1_0);
+        *op.add(2) = hsum(acc2_0);
+        *op.add(3) = hsum(acc3_0);
+    }
+
+    /// 1 row × 1 token of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile1x1_x64(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = _mm256_loadu_ps(wp);
+        let x0 = _mm256_loadu_ps(xp);
+        let mut acc0_0 = _mm256_mul_ps(w0, x0);
+        for k in 1..8 {
+            let wk = wp.add(k * 8);
+            let xk = xp.add(k * 8);
+            let w0 = _mm256_loadu_ps(wk);
+            let x0 = _mm256_loadu_ps(xk);
+            acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+        }
+        *op.add(0) = hsum(acc0_0);
+    }
+
+    /// `out[t · ld + r] = Σ w[r][c] · x[t][c]` for a block of rows of 172 columns
+    /// and any number of tokens: the one batched body every 172-column shape shares.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gemm_x172(w: &[[f32; 172]], x: &[[f32; 172]], out: *mut f32, ld: usize) {
+        let (rows, tokens) = (w.len(), x.len());
+        let wp = w.as_ptr().cast::<f32>();
+        let xp = x.as_ptr().cast::<f32>();
+        let (row_tiles, token_tiles) = (rows / 4, tokens / 2);
+
+        // SAFETY: `w` and `x` are whole rows (slices of arrays), every tile reads rows
+        // below w.len() and tokens below x.len(), and the caller guarantees the outputs
+        // and the CPU features.
+        unsafe {
+            // Row tiles outside, so a tile's 4 rows stay in L1 while every token passes over
+            // them; the weights are read from memory once per call.
+            for i in 0..row_tiles {
+                let r = i * 4;
+                for j in 0..token_tiles {
+                    let t = j * 2;
+                    tile4x2_x172(
+                        wp.add(r * 172),
+                        xp.add(t * 172),
+                        out.add(t * ld + r),
+                        ld,
+                    );
+                }
+                for t in token_tiles * 2..tokens {
+                    tile4x1_x172(wp.add(r * 172), xp.add(t * 172), out.add(t * ld + r));
+                }
+            }
+            for r in row_tiles * 4..rows {
+                for t in 0..tokens {
+                    tile1x1_x172(wp.add(r * 172), xp.add(t * 172), out.add(t * ld + r));
+                }
+            }
+        }
+    }
+
+    /// 4 rows × 2 tokens of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile4x2_x172(wp: *const f32, xp: *const f32, op: *mut f32, ld: usize) {
+        // The last 4 columns: lanes with a zero mask are neither read nor written.
+        let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+        let w0 = _mm256_loadu_ps(wp);
+        let w1 = _mm256_loadu_ps(wp.add(172));
+        let w2 = _mm256_loadu_ps(wp.add(344));
+        let w3 = _mm256_loadu_ps(wp.add(516));
+        let x0 = _mm256_loadu_ps(xp);
+        let mut acc0_0 = _mm256_mul_ps(w0, x0);
+        let mut acc1_0 = _mm256_mul_ps(w1, x0);
+        let mut acc2_0 = _mm256_mul_ps(w2, x0);
+        let mut acc3_0 = _mm256_mul_ps(w3, x0);
+        let x1 = _mm256_loadu_ps(xp.add(172));
+        let mut acc0_1 = _mm256_mul_ps(w0, x1);
+        let mut acc1_1 = _mm256_mul_ps(w1, x1);
+        let mut acc2_1 = _mm256_mul_ps(w2, x1);
+        let mut acc3_1 = _mm256_mul_ps(w3, x1);
+        for k in 1..21 {
+            let wk = wp.add(k * 8);
+            let xk = xp.add(k * 8);
+            let w0 = _mm256_loadu_ps(wk);
+            let w1 = _mm256_loadu_ps(wk.add(172));
+            let w2 = _mm256_loadu_ps(wk.add(344));
+            let w3 = _mm256_loadu_ps(wk.add(516));
+            let x0 = _mm256_loadu_ps(xk);
+            acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm256_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm256_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm256_fmadd_ps(w3, x0, acc3_0);
+            let x1 = _mm256_loadu_ps(xk.add(172));
+            acc0_1 = _mm256_fmadd_ps(w0, x1, acc0_1);
+            acc1_1 = _mm256_fmadd_ps(w1, x1, acc1_1);
+            acc2_1 = _mm256_fmadd_ps(w2, x1, acc2_1);
+            acc3_1 = _mm256_fmadd_ps(w3, x1, acc3_1);
+        }
+        let wk = wp.add(168);
+        let xk = xp.add(168);
+        let w0 = _mm256_maskload_ps(wk, tail_mask);
+        let w1 = _mm256_maskload_ps(wk.add(172), tail_mask);
+        let w2 = _mm256_maskload_ps(wk.add(344), tail_mask);
+        let w3 = _mm256_maskload_ps(wk.add(516), tail_mask);
+        let x0 = _mm256_maskload_ps(xk, tail_mask);
+        acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+        acc1_0 = _mm256_fmadd_ps(w1, x0, acc1_0);
+        acc2_0 = _mm256_fmadd_ps(w2, x0, acc2_0);
+        acc3_0 = _mm256_fmadd_ps(w3, x0, acc3_0);
+        let x1 = _mm256_maskload_ps(xk.add(172), tail_mask);
+        acc0_1 = _mm256_fmadd_ps(w0, x1, acc0_1);
+        acc1_1 = _mm256_fmadd_ps(w1, x1, acc1_1);
+        acc2_1 = _mm256_fmadd_ps(w2, x1, acc2_1);
+        acc3_1 = _mm256_fmadd_ps(w3, x1, acc3_1);
+        *op.add(0) = hsum(acc0_0);
+        *op.add(1) = hsum(acc1_0);
+        *op.add(2) = hsum(acc2_0);
+        *op.add(3) = hsum(acc3_0);
+        *op.add(ld) = hsum(acc0_1);
+        *op.add(ld + 1) = hsum(acc1_1);
+        *op.add(ld + 2) = hsum(acc2_1);
+        *op.add(ld + 3) = hsum(acc3_1);
+    }
+
+    /// 4 rows × 1 token of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile4x1_x172(wp: *const f32, xp: *const f32, op: *mut f32) {
+        // The last 4 columns: lanes with a zero mask are neither read nor written.
+        let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+        let w0 = _mm256_loadu_ps(wp);
+        let w1 = _mm256_loadu_ps(wp.add(172));
+        let w2 = _mm256_loadu_ps(wp.add(344));
+        let w3 = _mm256_loadu_ps(wp.add(516));
+        let x0 = _mm256_loadu_ps(xp);
+        let mut acc0_0 = _mm256_mul_ps(w0, x0);
+        let mut acc1_0 = _mm256_mul_ps(w1, x0);
+        let mut acc2_0 = _mm256_mul_ps(w2, x0);
+        let mut acc3_0 = _mm256_mul_ps(w3, x0);
+        for k in 1..21 {
+            let wk = wp.add(k * 8);
+            let xk = xp.add(k * 8);
+            let w0 = _mm256_loadu_ps(wk);
+            let w1 = _mm256_loadu_ps(wk.add(172));
+            let w2 = _mm256_loadu_ps(wk.add(344));
+            let w3 = _mm256_loadu_ps(wk.add(516));
+            let x0 = _mm256_loadu_ps(xk);
+            acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm256_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm256_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm256_fmadd_ps(w3, x0, acc3_0);
+        }
+        let wk = wp.add(168);
+        let xk = xp.add(168);
+        let w0 = _mm256_maskload_ps(wk, tail_mask);
+        let w1 = _mm256_maskload_ps(wk.add(172), tail_mask);
+        let w2 = _mm256_maskload_ps(wk.add(344), tail_mask);
+        let w3 = _mm256_maskload_ps(wk.add(516), tail_mask);
+        let x0 = _mm256_maskload_ps(xk, tail_mask);
+        acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+        acc1_0 = _mm256_fmadd_ps(w1, x0, acc1_0);
+        acc2_0 = _mm256_fmadd_ps(w2, x0, acc2_0);
+        acc3_0 = _mm256_fmadd_ps(w3, x0, acc3_0);
+        *op.add(0) = hsum(acc0_0);
+        *op.add(1) = hsum(acc1_0);
+        *op.add(2) = hsum(acc2_0);
+        *op.add(3) = hsum(acc3_0);
+    }
+
+    /// 1 row × 1 token of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile1x1_x172(wp: *const f32, xp: *const f32, op: *mut f32) {
+        // The last 4 columns: lanes with a zero mask are neither read nor written.
+        let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+        let w0 = _mm256_loadu_ps(wp);
+        let x0 = _mm256_loadu_ps(xp);
+        let mut acc0_0 = _mm256_mul_ps(w0, x0);
+        for k in 1..21 {
+            let wk = wp.add(k * 8);
+            let xk = xp.add(k * 8);
+            let w0 = _mm256_loadu_ps(wk);
+            let x0 = _mm256_loadu_ps(xk);
+            acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+        }
+        let wk = wp.add(168);
+        let xk = xp.add(168);
+        let w0 = _mm256_maskload_ps(wk, tail_mask);
+        let x0 = _mm256_maskload_ps(xk, tail_mask);
+        acc0_0 = _mm256_fmadd_ps(w0, x0, acc0_0);
+        *op.add(0) = hsum(acc0_0);
     }
 
     /// `out = weight · x / sqrt(mean(x²) + 0.00001)` over 64 values, as llama2.c
@@ -1539,6 +2918,106 @@ pub mod avx512 {
         unsafe { gemv_x64(w, x, out) }
     }
 
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 32×64 (wk, wv)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_32x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX-512F: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_32x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×64 (wq, wo)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_64x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX-512F: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_64x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 64×172 (w2) matrix
+    /// and every token row `t` of `x`; bit for bit what `gemv_64x172` gives for each
+    /// token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX-512F: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_64x172(
+        w: &[[f32; 172]],
+        x: &[[f32; 172]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x172(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 172×64 (w1, w3)
+    /// matrix and every token row `t` of `x`; bit for bit what `gemv_172x64` gives for
+    /// each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX-512F: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_172x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
+    /// `out[t · ld + r] = W[r] · x[t]` for a block of rows of the 512×64
+    /// (classifier) matrix and every token row `t` of `x`; bit for bit what
+    /// `gemv_512x64` gives for each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`. The CPU must support
+    /// AVX-512F: [`Kernels`](super::Kernels) checks this once at start-up.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gemm_512x64(
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: this function's contract is the body's.
+        unsafe { gemm_x64(w, x, out, ld) }
+    }
+
     /// `out = W · x` for any number of rows of 64 columns: the one body every
     /// 64-column shape shares, since the row count only bounds the row loop.
     #[target_feature(enable = "avx512f")]
@@ -1548,7 +3027,7 @@ pub mod avx512 {
             "gemv: the weight block and the output must have the same number of rows"
         );
         let rows = out.len();
-        let tiles = rows / 4;
+        let tiles = rows / 8;
         let wp = w.as_ptr().cast::<f32>();
         let xp = x.as_ptr();
         let op = out.as_mut_ptr();
@@ -1557,53 +3036,77 @@ pub mod avx512 {
         // 64; `r` stays below rows = w.len() = out.len(); tail chunks touch only in-bounds
         // lanes. The caller guarantees the CPU features.
         unsafe {
-            // Tiles of 4 rows share each load of x; 2 accumulators per row keep 8 FMA chains
+            // Tiles of 8 rows share each load of x; 1 accumulators per row keep 8 FMA chains
             // in flight.
             for t in 0..tiles {
-                let r = t * 4;
+                let r = t * 8;
                 let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 64);
                 let w1 = w0.add(64);
                 let w2 = w0.add(128);
                 let w3 = w0.add(192);
+                let w4 = w0.add(256);
+                let w5 = w0.add(320);
+                let w6 = w0.add(384);
+                let w7 = w0.add(448);
                 let x0 = _mm512_loadu_ps(xp);
                 let mut acc0_0 = _mm512_mul_ps(_mm512_loadu_ps(w0), x0);
                 let mut acc1_0 = _mm512_mul_ps(_mm512_loadu_ps(w1), x0);
                 let mut acc2_0 = _mm512_mul_ps(_mm512_loadu_ps(w2), x0);
                 let mut acc3_0 = _mm512_mul_ps(_mm512_loadu_ps(w3), x0);
+                let mut acc4_0 = _mm512_mul_ps(_mm512_loadu_ps(w4), x0);
+                let mut acc5_0 = _mm512_mul_ps(_mm512_loadu_ps(w5), x0);
+                let mut acc6_0 = _mm512_mul_ps(_mm512_loadu_ps(w6), x0);
+                let mut acc7_0 = _mm512_mul_ps(_mm512_loadu_ps(w7), x0);
                 let x16 = _mm512_loadu_ps(xp.add(16));
-                let mut acc0_1 = _mm512_mul_ps(_mm512_loadu_ps(w0.add(16)), x16);
-                let mut acc1_1 = _mm512_mul_ps(_mm512_loadu_ps(w1.add(16)), x16);
-                let mut acc2_1 = _mm512_mul_ps(_mm512_loadu_ps(w2.add(16)), x16);
-                let mut acc3_1 = _mm512_mul_ps(_mm512_loadu_ps(w3.add(16)), x16);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(16)), x16, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(16)), x16, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(16)), x16, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(16)), x16, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(16)), x16, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(16)), x16, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(16)), x16, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(16)), x16, acc7_0);
                 let x32 = _mm512_loadu_ps(xp.add(32));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(32)), x32, acc0_0);
                 acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(32)), x32, acc1_0);
                 acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(32)), x32, acc2_0);
                 acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(32)), x32, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(32)), x32, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(32)), x32, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(32)), x32, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(32)), x32, acc7_0);
                 let x48 = _mm512_loadu_ps(xp.add(48));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_1);
-                acc1_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(48)), x48, acc1_1);
-                acc2_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(48)), x48, acc2_1);
-                acc3_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(48)), x48, acc3_1);
-                *op.add(r) = _mm512_reduce_add_ps(_mm512_add_ps(acc0_0, acc0_1));
-                *op.add(r + 1) = _mm512_reduce_add_ps(_mm512_add_ps(acc1_0, acc1_1));
-                *op.add(r + 2) = _mm512_reduce_add_ps(_mm512_add_ps(acc2_0, acc2_1));
-                *op.add(r + 3) = _mm512_reduce_add_ps(_mm512_add_ps(acc3_0, acc3_1));
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(48)), x48, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(48)), x48, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(48)), x48, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(48)), x48, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(48)), x48, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(48)), x48, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(48)), x48, acc7_0);
+                *op.add(r) = _mm512_reduce_add_ps(acc0_0);
+                *op.add(r + 1) = _mm512_reduce_add_ps(acc1_0);
+                *op.add(r + 2) = _mm512_reduce_add_ps(acc2_0);
+                *op.add(r + 3) = _mm512_reduce_add_ps(acc3_0);
+                *op.add(r + 4) = _mm512_reduce_add_ps(acc4_0);
+                *op.add(r + 5) = _mm512_reduce_add_ps(acc5_0);
+                *op.add(r + 6) = _mm512_reduce_add_ps(acc6_0);
+                *op.add(r + 7) = _mm512_reduce_add_ps(acc7_0);
             }
 
             // The last rows of a block whose length is not a multiple of the tile.
-            for r in tiles * 4..rows {
+            for r in tiles * 8..rows {
                 let w0 = wp.add(r * 64);
                 let x0 = _mm512_loadu_ps(xp);
                 let mut acc0_0 = _mm512_mul_ps(_mm512_loadu_ps(w0), x0);
                 let x16 = _mm512_loadu_ps(xp.add(16));
-                let mut acc0_1 = _mm512_mul_ps(_mm512_loadu_ps(w0.add(16)), x16);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(16)), x16, acc0_0);
                 let x32 = _mm512_loadu_ps(xp.add(32));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(32)), x32, acc0_0);
                 let x48 = _mm512_loadu_ps(xp.add(48));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_1);
-                *op.add(r) = _mm512_reduce_add_ps(_mm512_add_ps(acc0_0, acc0_1));
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_0);
+                *op.add(r) = _mm512_reduce_add_ps(acc0_0);
             }
         }
     }
@@ -1617,7 +3120,7 @@ pub mod avx512 {
             "gemv: the weight block and the output must have the same number of rows"
         );
         let rows = out.len();
-        let tiles = rows / 4;
+        let tiles = rows / 8;
         let wp = w.as_ptr().cast::<f32>();
         let xp = x.as_ptr();
         let op = out.as_mut_ptr();
@@ -1629,65 +3132,109 @@ pub mod avx512 {
             // The last 12 columns: lanes past them are neither read nor written.
             let tail_mask: __mmask16 = 0b0000_1111_1111_1111;
 
-            // Tiles of 4 rows share each load of x; 2 accumulators per row keep 8 FMA chains
+            // Tiles of 8 rows share each load of x; 1 accumulators per row keep 8 FMA chains
             // in flight.
             for t in 0..tiles {
-                let r = t * 4;
+                let r = t * 8;
                 let xp = core::hint::black_box(xp);
                 let w0 = wp.add(r * 172);
                 let w1 = w0.add(172);
                 let w2 = w0.add(344);
                 let w3 = w0.add(516);
+                let w4 = w0.add(688);
+                let w5 = w0.add(860);
+                let w6 = w0.add(1032);
+                let w7 = w0.add(1204);
                 let x0 = _mm512_loadu_ps(xp);
                 let mut acc0_0 = _mm512_mul_ps(_mm512_loadu_ps(w0), x0);
                 let mut acc1_0 = _mm512_mul_ps(_mm512_loadu_ps(w1), x0);
                 let mut acc2_0 = _mm512_mul_ps(_mm512_loadu_ps(w2), x0);
                 let mut acc3_0 = _mm512_mul_ps(_mm512_loadu_ps(w3), x0);
+                let mut acc4_0 = _mm512_mul_ps(_mm512_loadu_ps(w4), x0);
+                let mut acc5_0 = _mm512_mul_ps(_mm512_loadu_ps(w5), x0);
+                let mut acc6_0 = _mm512_mul_ps(_mm512_loadu_ps(w6), x0);
+                let mut acc7_0 = _mm512_mul_ps(_mm512_loadu_ps(w7), x0);
                 let x16 = _mm512_loadu_ps(xp.add(16));
-                let mut acc0_1 = _mm512_mul_ps(_mm512_loadu_ps(w0.add(16)), x16);
-                let mut acc1_1 = _mm512_mul_ps(_mm512_loadu_ps(w1.add(16)), x16);
-                let mut acc2_1 = _mm512_mul_ps(_mm512_loadu_ps(w2.add(16)), x16);
-                let mut acc3_1 = _mm512_mul_ps(_mm512_loadu_ps(w3.add(16)), x16);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(16)), x16, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(16)), x16, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(16)), x16, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(16)), x16, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(16)), x16, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(16)), x16, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(16)), x16, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(16)), x16, acc7_0);
                 let x32 = _mm512_loadu_ps(xp.add(32));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(32)), x32, acc0_0);
                 acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(32)), x32, acc1_0);
                 acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(32)), x32, acc2_0);
                 acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(32)), x32, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(32)), x32, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(32)), x32, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(32)), x32, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(32)), x32, acc7_0);
                 let x48 = _mm512_loadu_ps(xp.add(48));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_1);
-                acc1_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(48)), x48, acc1_1);
-                acc2_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(48)), x48, acc2_1);
-                acc3_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(48)), x48, acc3_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(48)), x48, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(48)), x48, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(48)), x48, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(48)), x48, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(48)), x48, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(48)), x48, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(48)), x48, acc7_0);
                 let x64 = _mm512_loadu_ps(xp.add(64));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(64)), x64, acc0_0);
                 acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(64)), x64, acc1_0);
                 acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(64)), x64, acc2_0);
                 acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(64)), x64, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(64)), x64, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(64)), x64, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(64)), x64, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(64)), x64, acc7_0);
                 let x80 = _mm512_loadu_ps(xp.add(80));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(80)), x80, acc0_1);
-                acc1_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(80)), x80, acc1_1);
-                acc2_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(80)), x80, acc2_1);
-                acc3_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(80)), x80, acc3_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(80)), x80, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(80)), x80, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(80)), x80, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(80)), x80, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(80)), x80, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(80)), x80, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(80)), x80, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(80)), x80, acc7_0);
                 let x96 = _mm512_loadu_ps(xp.add(96));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(96)), x96, acc0_0);
                 acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(96)), x96, acc1_0);
                 acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(96)), x96, acc2_0);
                 acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(96)), x96, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(96)), x96, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(96)), x96, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(96)), x96, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(96)), x96, acc7_0);
                 let x112 = _mm512_loadu_ps(xp.add(112));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(112)), x112, acc0_1);
-                acc1_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(112)), x112, acc1_1);
-                acc2_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(112)), x112, acc2_1);
-                acc3_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(112)), x112, acc3_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(112)), x112, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(112)), x112, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(112)), x112, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(112)), x112, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(112)), x112, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(112)), x112, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(112)), x112, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(112)), x112, acc7_0);
                 let x128 = _mm512_loadu_ps(xp.add(128));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(128)), x128, acc0_0);
                 acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(128)), x128, acc1_0);
                 acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(128)), x128, acc2_0);
                 acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(128)), x128, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(128)), x128, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(128)), x128, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(128)), x128, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(128)), x128, acc7_0);
                 let x144 = _mm512_loadu_ps(xp.add(144));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(144)), x144, acc0_1);
-                acc1_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(144)), x144, acc1_1);
-                acc2_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(144)), x144, acc2_1);
-                acc3_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(144)), x144, acc3_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(144)), x144, acc0_0);
+                acc1_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(144)), x144, acc1_0);
+                acc2_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(144)), x144, acc2_0);
+                acc3_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(144)), x144, acc3_0);
+                acc4_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w4.add(144)), x144, acc4_0);
+                acc5_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w5.add(144)), x144, acc5_0);
+                acc6_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w6.add(144)), x144, acc6_0);
+                acc7_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w7.add(144)), x144, acc7_0);
                 let x160 = _mm512_maskz_loadu_ps(tail_mask, xp.add(160));
                 acc0_0 = _mm512_fmadd_ps(
                     _mm512_maskz_loadu_ps(tail_mask, w0.add(160)),
@@ -1709,44 +3256,457 @@ pub mod avx512 {
                     x160,
                     acc3_0,
                 );
-                *op.add(r) = _mm512_reduce_add_ps(_mm512_add_ps(acc0_0, acc0_1));
-                *op.add(r + 1) = _mm512_reduce_add_ps(_mm512_add_ps(acc1_0, acc1_1));
-                *op.add(r + 2) = _mm512_reduce_add_ps(_mm512_add_ps(acc2_0, acc2_1));
-                *op.add(r + 3) = _mm512_reduce_add_ps(_mm512_add_ps(acc3_0, acc3_1));
+                acc4_0 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(tail_mask, w4.add(160)),
+                    x160,
+                    acc4_0,
+                );
+                acc5_0 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(tail_mask, w5.add(160)),
+                    x160,
+                    acc5_0,
+                );
+                acc6_0 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(tail_mask, w6.add(160)),
+                    x160,
+                    acc6_0,
+                );
+                acc7_0 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(tail_mask, w7.add(160)),
+                    x160,
+                    acc7_0,
+                );
+                *op.add(r) = _mm512_reduce_add_ps(acc0_0);
+                *op.add(r + 1) = _mm512_reduce_add_ps(acc1_0);
+                *op.add(r + 2) = _mm512_reduce_add_ps(acc2_0);
+                *op.add(r + 3) = _mm512_reduce_add_ps(acc3_0);
+                *op.add(r + 4) = _mm512_reduce_add_ps(acc4_0);
+                *op.add(r + 5) = _mm512_reduce_add_ps(acc5_0);
+                *op.add(r + 6) = _mm512_reduce_add_ps(acc6_0);
+                *op.add(r + 7) = _mm512_reduce_add_ps(acc7_0);
             }
 
             // The last rows of a block whose length is not a multiple of the tile.
-            for r in tiles * 4..rows {
+            for r in tiles * 8..rows {
                 let w0 = wp.add(r * 172);
                 let x0 = _mm512_loadu_ps(xp);
                 let mut acc0_0 = _mm512_mul_ps(_mm512_loadu_ps(w0), x0);
                 let x16 = _mm512_loadu_ps(xp.add(16));
-                let mut acc0_1 = _mm512_mul_ps(_mm512_loadu_ps(w0.add(16)), x16);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(16)), x16, acc0_0);
                 let x32 = _mm512_loadu_ps(xp.add(32));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(32)), x32, acc0_0);
                 let x48 = _mm512_loadu_ps(xp.add(48));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(48)), x48, acc0_0);
                 let x64 = _mm512_loadu_ps(xp.add(64));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(64)), x64, acc0_0);
                 let x80 = _mm512_loadu_ps(xp.add(80));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(80)), x80, acc0_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(80)), x80, acc0_0);
                 let x96 = _mm512_loadu_ps(xp.add(96));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(96)), x96, acc0_0);
                 let x112 = _mm512_loadu_ps(xp.add(112));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(112)), x112, acc0_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(112)), x112, acc0_0);
                 let x128 = _mm512_loadu_ps(xp.add(128));
                 acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(128)), x128, acc0_0);
                 let x144 = _mm512_loadu_ps(xp.add(144));
-                acc0_1 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(144)), x144, acc0_1);
+                acc0_0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(144)), x144, acc0_0);
                 let x160 = _mm512_maskz_loadu_ps(tail_mask, xp.add(160));
                 acc0_0 = _mm512_fmadd_ps(
                     _mm512_maskz_loadu_ps(tail_mask, w0.add(160)),
                     x160,
                     acc0_0,
                 );
-                *op.add(r) = _mm512_reduce_add_ps(_mm512_add_ps(acc0_0, acc0_1));
+                *op.add(r) = _mm512_reduce_add_ps(acc0_0);
             }
         }
+    }
+
+    /// `out[t · ld + r] = Σ w[r][c] · x[t][c]` for a block of rows of 64 columns and
+    /// any number of tokens: the one batched body every 64-column shape shares.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gemm_x64(w: &[[f32; 64]], x: &[[f32; 64]], out: *mut f32, ld: usize) {
+        let (rows, tokens) = (w.len(), x.len());
+        let wp = w.as_ptr().cast::<f32>();
+        let xp = x.as_ptr().cast::<f32>();
+        let (row_tiles, token_tiles) = (rows / 4, tokens / 4);
+
+        // SAFETY: `w` and `x` are whole rows (slices of arrays), every tile reads rows
+        // below w.len() and tokens below x.len(), and the caller guarantees the outputs
+        // and the CPU features.
+        unsafe {
+            // Row tiles outside, so a tile's 4 rows stay in L1 while every token passes over
+            // them; the weights are read from memory once per call.
+            for i in 0..row_tiles {
+                let r = i * 4;
+                for j in 0..token_tiles {
+                    let t = j * 4;
+                    tile4x4_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r), ld);
+                }
+                for t in token_tiles * 4..tokens {
+                    tile4x1_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r));
+                }
+            }
+            for r in row_tiles * 4..rows {
+                for t in 0..tokens {
+                    tile1x1_x64(wp.add(r * 64), xp.add(t * 64), out.add(t * ld + r));
+                }
+            }
+        }
+    }
+
+    /// 4 rows × 4 tokens of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile4x4_x64(wp: *const f32, xp: *const f32, op: *mut f32, ld: usize) {
+        let w0 = _mm512_loadu_ps(wp);
+        let w1 = _mm512_loadu_ps(wp.add(64));
+        let w2 = _mm512_loadu_ps(wp.add(128));
+        let w3 = _mm512_loadu_ps(wp.add(192));
+        let x0 = _mm512_loadu_ps(xp);
+        let mut acc0_0 = _mm512_mul_ps(w0, x0);
+        let mut acc1_0 = _mm512_mul_ps(w1, x0);
+        let mut acc2_0 = _mm512_mul_ps(w2, x0);
+        let mut acc3_0 = _mm512_mul_ps(w3, x0);
+        let x1 = _mm512_loadu_ps(xp.add(64));
+        let mut acc0_1 = _mm512_mul_ps(w0, x1);
+        let mut acc1_1 = _mm512_mul_ps(w1, x1);
+        let mut acc2_1 = _mm512_mul_ps(w2, x1);
+        let mut acc3_1 = _mm512_mul_ps(w3, x1);
+        let x2 = _mm512_loadu_ps(xp.add(128));
+        let mut acc0_2 = _mm512_mul_ps(w0, x2);
+        let mut acc1_2 = _mm512_mul_ps(w1, x2);
+        let mut acc2_2 = _mm512_mul_ps(w2, x2);
+        let mut acc3_2 = _mm512_mul_ps(w3, x2);
+        let x3 = _mm512_loadu_ps(xp.add(192));
+        let mut acc0_3 = _mm512_mul_ps(w0, x3);
+        let mut acc1_3 = _mm512_mul_ps(w1, x3);
+        let mut acc2_3 = _mm512_mul_ps(w2, x3);
+        let mut acc3_3 = _mm512_mul_ps(w3, x3);
+        for k in 1..4 {
+            let wk = wp.add(k * 16);
+            let xk = xp.add(k * 16);
+            let w0 = _mm512_loadu_ps(wk);
+            let w1 = _mm512_loadu_ps(wk.add(64));
+            let w2 = _mm512_loadu_ps(wk.add(128));
+            let w3 = _mm512_loadu_ps(wk.add(192));
+            let x0 = _mm512_loadu_ps(xk);
+            acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm512_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm512_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm512_fmadd_ps(w3, x0, acc3_0);
+            let x1 = _mm512_loadu_ps(xk.add(64));
+            acc0_1 = _mm512_fmadd_ps(w0, x1, acc0_1);
+            acc1_1 = _mm512_fmadd_ps(w1, x1, acc1_1);
+            acc2_1 = _mm512_fmadd_ps(w2, x1, acc2_1);
+            acc3_1 = _mm512_fmadd_ps(w3, x1, acc3_1);
+            let x2 = _mm512_loadu_ps(xk.add(128));
+            acc0_2 = _mm512_fmadd_ps(w0, x2, acc0_2);
+            acc1_2 = _mm512_fmadd_ps(w1, x2, acc1_2);
+            acc2_2 = _mm512_fmadd_ps(w2, x2, acc2_2);
+            acc3_2 = _mm512_fmadd_ps(w3, x2, acc3_2);
+            let x3 = _mm512_loadu_ps(xk.add(192));
+            acc0_3 = _mm512_fmadd_ps(w0, x3, acc0_3);
+            acc1_3 = _mm512_fmadd_ps(w1, x3, acc1_3);
+            acc2_3 = _mm512_fmadd_ps(w2, x3, acc2_3);
+            acc3_3 = _mm512_fmadd_ps(w3, x3, acc3_3);
+        }
+        *op.add(0) = _mm512_reduce_add_ps(acc0_0);
+        *op.add(1) = _mm512_reduce_add_ps(acc1_0);
+        *op.add(2) = _mm512_reduce_add_ps(acc2_0);
+        *op.add(3) = _mm512_reduce_add_ps(acc3_0);
+        *op.add(ld) = _mm512_reduce_add_ps(acc0_1);
+        *op.add(ld + 1) = _mm512_reduce_add_ps(acc1_1);
+        *op.add(ld + 2) = _mm512_reduce_add_ps(acc2_1);
+        *op.add(ld + 3) = _mm512_reduce_add_ps(acc3_1);
+        *op.add(2 * ld) = _mm512_reduce_add_ps(acc0_2);
+        *op.add(2 * ld + 1) = _mm512_reduce_add_ps(acc1_2);
+        *op.add(2 * ld + 2) = _mm512_reduce_add_ps(acc2_2);
+        *op.add(2 * ld + 3) = _mm512_reduce_add_ps(acc3_2);
+        *op.add(3 * ld) = _mm512_reduce_add_ps(acc0_3);
+        *op.add(3 * ld + 1) = _mm512_reduce_add_ps(acc1_3);
+        *op.add(3 * ld + 2) = _mm512_reduce_add_ps(acc2_3);
+        *op.add(3 * ld + 3) = _mm512_reduce_add_ps(acc3_3);
+    }
+
+    /// 4 rows × 1 token of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile4x1_x64(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = _mm512_loadu_ps(wp);
+        let w1 = _mm512_loadu_ps(wp.add(64));
+        let w2 = _mm512_loadu_ps(wp.add(128));
+        let w3 = _mm512_loadu_ps(wp.add(192));
+        let x0 = _mm512_loadu_ps(xp);
+        let mut acc0_0 = _mm512_mul_ps(w0, x0);
+        let mut acc1_0 = _mm512_mul_ps(w1, x0);
+        let mut acc2_0 = _mm512_mul_ps(w2, x0);
+        let mut acc3_0 = _mm512_mul_ps(w3, x0);
+        for k in 1..4 {
+            let wk = wp.add(k * 16);
+            let xk = xp.add(k * 16);
+            let w0 = _mm512_loadu_ps(wk);
+            let w1 = _mm512_loadu_ps(wk.add(64));
+            let w2 = _mm512_loadu_ps(wk.add(128));
+            let w3 = _mm512_loadu_ps(wk.add(192));
+            let x0 = _mm512_loadu_ps(xk);
+            acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm512_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm512_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm512_fmadd_ps(w3, x0, acc3_0);
+        }
+        *op.add(0) = _mm512_reduce_add_ps(acc0_0);
+        *op.add(1) = _mm512_reduce_add_ps(acc1_0);
+        *op.add(2) = _mm512_reduce_add_ps(acc2_0);
+        *op.add(3) = _mm512_reduce_add_ps(acc3_0);
+    }
+
+    /// 1 row × 1 token of 64 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile1x1_x64(wp: *const f32, xp: *const f32, op: *mut f32) {
+        let w0 = _mm512_loadu_ps(wp);
+        let x0 = _mm512_loadu_ps(xp);
+        let mut acc0_0 = _mm512_mul_ps(w0, x0);
+        for k in 1..4 {
+            let wk = wp.add(k * 16);
+            let xk = xp.add(k * 16);
+            let w0 = _mm512_loadu_ps(wk);
+            let x0 = _mm512_loadu_ps(xk);
+            acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+        }
+        *op.add(0) = _mm512_reduce_add_ps(acc0_0);
+    }
+
+    /// `out[t · ld + r] = Σ w[r][c] · x[t][c]` for a block of rows of 172 columns
+    /// and any number of tokens: the one batched body every 172-column shape shares.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gemm_x172(w: &[[f32; 172]], x: &[[f32; 172]], out: *mut f32, ld: usize) {
+        let (rows, tokens) = (w.len(), x.len());
+        let wp = w.as_ptr().cast::<f32>();
+        let xp = x.as_ptr().cast::<f32>();
+        let (row_tiles, token_tiles) = (rows / 4, tokens / 4);
+
+        // SAFETY: `w` and `x` are whole rows (slices of arrays), every tile reads rows
+        // below w.len() and tokens below x.len(), and the caller guarantees the outputs
+        // and the CPU features.
+        unsafe {
+            // Row tiles outside, so a tile's 4 rows stay in L1 while every token passes over
+            // them; the weights are read from memory once per call.
+            for i in 0..row_tiles {
+                let r = i * 4;
+                for j in 0..token_tiles {
+                    let t = j * 4;
+                    tile4x4_x172(
+                        wp.add(r * 172),
+                        xp.add(t * 172),
+                        out.add(t * ld + r),
+                        ld,
+                    );
+                }
+                for t in token_tiles * 4..tokens {
+                    tile4x1_x172(wp.add(r * 172), xp.add(t * 172), out.add(t * ld + r));
+                }
+            }
+            for r in row_tiles * 4..rows {
+                for t in 0..tokens {
+                    tile1x1_x172(wp.add(r * 172), xp.add(t * 172), out.add(t * ld + r));
+                }
+            }
+        }
+    }
+
+    /// 4 rows × 4 tokens of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile4x4_x172(wp: *const f32, xp: *const f32, op: *mut f32, ld: usize) {
+        // The last 12 columns: lanes past them are neither read nor written.
+        let tail_mask: __mmask16 = 0b0000_1111_1111_1111;
+        let w0 = _mm512_loadu_ps(wp);
+        let w1 = _mm512_loadu_ps(wp.add(172));
+        let w2 = _mm512_loadu_ps(wp.add(344));
+        let w3 = _mm512_loadu_ps(wp.add(516));
+        let x0 = _mm512_loadu_ps(xp);
+        let mut acc0_0 = _mm512_mul_ps(w0, x0);
+        let mut acc1_0 = _mm512_mul_ps(w1, x0);
+        let mut acc2_0 = _mm512_mul_ps(w2, x0);
+        let mut acc3_0 = _mm512_mul_ps(w3, x0);
+        let x1 = _mm512_loadu_ps(xp.add(172));
+        let mut acc0_1 = _mm512_mul_ps(w0, x1);
+        let mut acc1_1 = _mm512_mul_ps(w1, x1);
+        let mut acc2_1 = _mm512_mul_ps(w2, x1);
+        let mut acc3_1 = _mm512_mul_ps(w3, x1);
+        let x2 = _mm512_loadu_ps(xp.add(344));
+        let mut acc0_2 = _mm512_mul_ps(w0, x2);
+        let mut acc1_2 = _mm512_mul_ps(w1, x2);
+        let mut acc2_2 = _mm512_mul_ps(w2, x2);
+        let mut acc3_2 = _mm512_mul_ps(w3, x2);
+        let x3 = _mm512_loadu_ps(xp.add(516));
+        let mut acc0_3 = _mm512_mul_ps(w0, x3);
+        let mut acc1_3 = _mm512_mul_ps(w1, x3);
+        let mut acc2_3 = _mm512_mul_ps(w2, x3);
+        let mut acc3_3 = _mm512_mul_ps(w3, x3);
+        for k in 1..10 {
+            let wk = wp.add(k * 16);
+            let xk = xp.add(k * 16);
+            let w0 = _mm512_loadu_ps(wk);
+            let w1 = _mm512_loadu_ps(wk.add(172));
+            let w2 = _mm512_loadu_ps(wk.add(344));
+            let w3 = _mm512_loadu_ps(wk.add(516));
+            let x0 = _mm512_loadu_ps(xk);
+            acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm512_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm512_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm512_fmadd_ps(w3, x0, acc3_0);
+            let x1 = _mm512_loadu_ps(xk.add(172));
+            acc0_1 = _mm512_fmadd_ps(w0, x1, acc0_1);
+            acc1_1 = _mm512_fmadd_ps(w1, x1, acc1_1);
+            acc2_1 = _mm512_fmadd_ps(w2, x1, acc2_1);
+            acc3_1 = _mm512_fmadd_ps(w3, x1, acc3_1);
+            let x2 = _mm512_loadu_ps(xk.add(344));
+            acc0_2 = _mm512_fmadd_ps(w0, x2, acc0_2);
+            acc1_2 = _mm512_fmadd_ps(w1, x2, acc1_2);
+            acc2_2 = _mm512_fmadd_ps(w2, x2, acc2_2);
+            acc3_2 = _mm512_fmadd_ps(w3, x2, acc3_2);
+            let x3 = _mm512_loadu_ps(xk.add(516));
+            acc0_3 = _mm512_fmadd_ps(w0, x3, acc0_3);
+            acc1_3 = _mm512_fmadd_ps(w1, x3, acc1_3);
+            acc2_3 = _mm512_fmadd_ps(w2, x3, acc2_3);
+            acc3_3 = _mm512_fmadd_ps(w3, x3, acc3_3);
+        }
+        let wk = wp.add(160);
+        let xk = xp.add(160);
+        let w0 = _mm512_maskz_loadu_ps(tail_mask, wk);
+        let w1 = _mm512_maskz_loadu_ps(tail_mask, wk.add(172));
+        let w2 = _mm512_maskz_loadu_ps(tail_mask, wk.add(344));
+        let w3 = _mm512_maskz_loadu_ps(tail_mask, wk.add(516));
+        let x0 = _mm512_maskz_loadu_ps(tail_mask, xk);
+        acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+        acc1_0 = _mm512_fmadd_ps(w1, x0, acc1_0);
+        acc2_0 = _mm512_fmadd_ps(w2, x0, acc2_0);
+        acc3_0 = _mm512_fmadd_ps(w3, x0, acc3_0);
+        let x1 = _mm512_maskz_loadu_ps(tail_mask, xk.add(172));
+        acc0_1 = _mm512_fmadd_ps(w0, x1, acc0_1);
+        acc1_1 = _mm512_fmadd_ps(w1, x1, acc1_1);
+        acc2_1 = _mm512_fmadd_ps(w2, x1, acc2_1);
+        acc3_1 = _mm512_fmadd_ps(w3, x1, acc3_1);
+        let x2 = _mm512_maskz_loadu_ps(tail_mask, xk.add(344));
+        acc0_2 = _mm512_fmadd_ps(w0, x2, acc0_2);
+        acc1_2 = _mm512_fmadd_ps(w1, x2, acc1_2);
+        acc2_2 = _mm512_fmadd_ps(w2, x2, acc2_2);
+        acc3_2 = _mm512_fmadd_ps(w3, x2, acc3_2);
+        let x3 = _mm512_maskz_loadu_ps(tail_mask, xk.add(516));
+        acc0_3 = _mm512_fmadd_ps(w0, x3, acc0_3);
+        acc1_3 = _mm512_fmadd_ps(w1, x3, acc1_3);
+        acc2_3 = _mm512_fmadd_ps(w2, x3, acc2_3);
+        acc3_3 = _mm512_fmadd_ps(w3, x3, acc3_3);
+        *op.add(0) = _mm512_reduce_add_ps(acc0_0);
+        *op.add(1) = _mm512_reduce_add_ps(acc1_0);
+        *op.add(2) = _mm512_reduce_add_ps(acc2_0);
+        *op.add(3) = _mm512_reduce_add_ps(acc3_0);
+        *op.add(ld) = _mm512_reduce_add_ps(acc0_1);
+        *op.add(ld + 1) = _mm512_reduce_add_ps(acc1_1);
+        *op.add(ld + 2) = _mm512_reduce_add_ps(acc2_1);
+        *op.add(ld + 3) = _mm512_reduce_add_ps(acc3_1);
+        *op.add(2 * ld) = _mm512_reduce_add_ps(acc0_2);
+        *op.add(2 * ld + 1) = _mm512_reduce_add_ps(acc1_2);
+        *op.add(2 * ld + 2) = _mm512_reduce_add_ps(acc2_2);
+        *op.add(2 * ld + 3) = _mm512_reduce_add_ps(acc3_2);
+        *op.add(3 * ld) = _mm512_reduce_add_ps(acc0_3);
+        *op.add(3 * ld + 1) = _mm512_reduce_add_ps(acc1_3);
+        *op.add(3 * ld + 2) = _mm512_reduce_add_ps(acc2_3);
+        *op.add(3 * ld + 3) = _mm512_reduce_add_ps(acc3_3);
+    }
+
+    /// 4 rows × 1 token of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile4x1_x172(wp: *const f32, xp: *const f32, op: *mut f32) {
+        // The last 12 columns: lanes past them are neither read nor written.
+        let tail_mask: __mmask16 = 0b0000_1111_1111_1111;
+        let w0 = _mm512_loadu_ps(wp);
+        let w1 = _mm512_loadu_ps(wp.add(172));
+        let w2 = _mm512_loadu_ps(wp.add(344));
+        let w3 = _mm512_loadu_ps(wp.add(516));
+        let x0 = _mm512_loadu_ps(xp);
+        let mut acc0_0 = _mm512_mul_ps(w0, x0);
+        let mut acc1_0 = _mm512_mul_ps(w1, x0);
+        let mut acc2_0 = _mm512_mul_ps(w2, x0);
+        let mut acc3_0 = _mm512_mul_ps(w3, x0);
+        for k in 1..10 {
+            let wk = wp.add(k * 16);
+            let xk = xp.add(k * 16);
+            let w0 = _mm512_loadu_ps(wk);
+            let w1 = _mm512_loadu_ps(wk.add(172));
+            let w2 = _mm512_loadu_ps(wk.add(344));
+            let w3 = _mm512_loadu_ps(wk.add(516));
+            let x0 = _mm512_loadu_ps(xk);
+            acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+            acc1_0 = _mm512_fmadd_ps(w1, x0, acc1_0);
+            acc2_0 = _mm512_fmadd_ps(w2, x0, acc2_0);
+            acc3_0 = _mm512_fmadd_ps(w3, x0, acc3_0);
+        }
+        let wk = wp.add(160);
+        let xk = xp.add(160);
+        let w0 = _mm512_maskz_loadu_ps(tail_mask, wk);
+        let w1 = _mm512_maskz_loadu_ps(tail_mask, wk.add(172));
+        let w2 = _mm512_maskz_loadu_ps(tail_mask, wk.add(344));
+        let w3 = _mm512_maskz_loadu_ps(tail_mask, wk.add(516));
+        let x0 = _mm512_maskz_loadu_ps(tail_mask, xk);
+        acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+        acc1_0 = _mm512_fmadd_ps(w1, x0, acc1_0);
+        acc2_0 = _mm512_fmadd_ps(w2, x0, acc2_0);
+        acc3_0 = _mm512_fmadd_ps(w3, x0, acc3_0);
+        *op.add(0) = _mm512_reduce_add_ps(acc0_0);
+        *op.add(1) = _mm512_reduce_add_ps(acc1_0);
+        *op.add(2) = _mm512_reduce_add_ps(acc2_0);
+        *op.add(3) = _mm512_reduce_add_ps(acc3_0);
+    }
+
+    /// 1 row × 1 token of 172 columns: outputs `op[t · ld + r]`.
+    /// # Safety
+    ///
+    /// The rows and inputs must be readable for all their columns, the outputs
+    /// writable, and the CPU must have the module's features.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile1x1_x172(wp: *const f32, xp: *const f32, op: *mut f32) {
+        // The last 12 columns: lanes past them are neither read nor written.
+        let tail_mask: __mmask16 = 0b0000_1111_1111_1111;
+        let w0 = _mm512_loadu_ps(wp);
+        let x0 = _mm512_loadu_ps(xp);
+        let mut acc0_0 = _mm512_mul_ps(w0, x0);
+        for k in 1..10 {
+            let wk = wp.add(k * 16);
+            let xk = xp.add(k * 16);
+            let w0 = _mm512_loadu_ps(wk);
+            let x0 = _mm512_loadu_ps(xk);
+            acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+        }
+        let wk = wp.add(160);
+        let xk = xp.add(160);
+        let w0 = _mm512_maskz_loadu_ps(tail_mask, wk);
+        let x0 = _mm512_maskz_loadu_ps(tail_mask, xk);
+        acc0_0 = _mm512_fmadd_ps(w0, x0, acc0_0);
+        *op.add(0) = _mm512_reduce_add_ps(acc0_0);
     }
 
     /// `out = weight · x / sqrt(mean(x²) + 0.00001)` over 64 values, as llama2.c
@@ -1824,14 +3784,24 @@ pub struct Kernels {
     isa: crate::Isa,
     /// 32×64 (wk, wv)
     gemv_32x64: unsafe fn(&[[f32; 64]], &[f32; 64], &mut [f32]),
+    /// 32×64 (wk, wv), batched.
+    gemm_32x64: crate::GemmFn<64>,
     /// 64×64 (wq, wo)
     gemv_64x64: unsafe fn(&[[f32; 64]], &[f32; 64], &mut [f32]),
+    /// 64×64 (wq, wo), batched.
+    gemm_64x64: crate::GemmFn<64>,
     /// 64×172 (w2)
     gemv_64x172: unsafe fn(&[[f32; 172]], &[f32; 172], &mut [f32]),
+    /// 64×172 (w2), batched.
+    gemm_64x172: crate::GemmFn<172>,
     /// 172×64 (w1, w3)
     gemv_172x64: unsafe fn(&[[f32; 64]], &[f32; 64], &mut [f32]),
+    /// 172×64 (w1, w3), batched.
+    gemm_172x64: crate::GemmFn<64>,
     /// 512×64 (classifier)
     gemv_512x64: unsafe fn(&[[f32; 64]], &[f32; 64], &mut [f32]),
+    /// 512×64 (classifier), batched.
+    gemm_512x64: crate::GemmFn<64>,
     /// RMSNorm over `DIM` values.
     rmsnorm: unsafe fn(&mut [f32; 64], &[f32; 64], &[f32; 64]),
 }
@@ -1864,10 +3834,15 @@ impl Kernels {
                 Some(Kernels {
                     isa,
                     gemv_32x64: avx512::gemv_32x64,
+                    gemm_32x64: avx512::gemm_32x64,
                     gemv_64x64: avx512::gemv_64x64,
+                    gemm_64x64: avx512::gemm_64x64,
                     gemv_64x172: avx512::gemv_64x172,
+                    gemm_64x172: avx512::gemm_64x172,
                     gemv_172x64: avx512::gemv_172x64,
+                    gemm_172x64: avx512::gemm_172x64,
                     gemv_512x64: avx512::gemv_512x64,
+                    gemm_512x64: avx512::gemm_512x64,
                     rmsnorm: avx512::rmsnorm_64,
                 })
             }
@@ -1877,10 +3852,15 @@ impl Kernels {
                 Some(Kernels {
                     isa,
                     gemv_32x64: avx2::gemv_32x64,
+                    gemm_32x64: avx2::gemm_32x64,
                     gemv_64x64: avx2::gemv_64x64,
+                    gemm_64x64: avx2::gemm_64x64,
                     gemv_64x172: avx2::gemv_64x172,
+                    gemm_64x172: avx2::gemm_64x172,
                     gemv_172x64: avx2::gemv_172x64,
+                    gemm_172x64: avx2::gemm_172x64,
                     gemv_512x64: avx2::gemv_512x64,
+                    gemm_512x64: avx2::gemm_512x64,
                     rmsnorm: avx2::rmsnorm_64,
                 })
             }
@@ -1889,10 +3869,15 @@ impl Kernels {
                 Some(Kernels {
                     isa,
                     gemv_32x64: neon::gemv_32x64,
+                    gemm_32x64: neon::gemm_32x64,
                     gemv_64x64: neon::gemv_64x64,
+                    gemm_64x64: neon::gemm_64x64,
                     gemv_64x172: neon::gemv_64x172,
+                    gemm_64x172: neon::gemm_64x172,
                     gemv_172x64: neon::gemv_172x64,
+                    gemm_172x64: neon::gemm_172x64,
                     gemv_512x64: neon::gemv_512x64,
+                    gemm_512x64: neon::gemm_512x64,
                     rmsnorm: neon::rmsnorm_64,
                 })
             }
@@ -1900,10 +3885,15 @@ impl Kernels {
                 Some(Kernels {
                     isa,
                     gemv_32x64: portable::gemv_32x64,
+                    gemm_32x64: portable::gemm_32x64,
                     gemv_64x64: portable::gemv_64x64,
+                    gemm_64x64: portable::gemm_64x64,
                     gemv_64x172: portable::gemv_64x172,
+                    gemm_64x172: portable::gemm_64x172,
                     gemv_172x64: portable::gemv_172x64,
+                    gemm_172x64: portable::gemm_172x64,
                     gemv_512x64: portable::gemv_512x64,
+                    gemm_512x64: portable::gemm_512x64,
                     rmsnorm: portable::rmsnorm_64,
                 })
             }
@@ -1945,6 +3935,15 @@ pub trait Gemv<const R: usize, const C: usize> {
     ///
     /// If `w.len() != out.len()`.
     fn gemv_rows(&self, w: &[[f32; C]], x: &[f32; C], out: &mut [f32]);
+
+    /// The batched product for a block of rows: `out[t * ld + r] = W[r] · x[t]` for every
+    /// token row `t` of `x`, bit for bit what `gemv_rows` gives for each token alone.
+    ///
+    /// # Safety
+    ///
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else
+    /// during the call, for every `t < x.len()` and `r < w.len()`.
+    unsafe fn gemm_rows(&self, w: &[[f32; C]], x: &[[f32; C]], out: *mut f32, ld: usize);
 }
 
 /// 32×64 (wk, wv).
@@ -1954,6 +3953,18 @@ impl Gemv<32, 64> for Kernels {
         // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
         // the instruction set the pointer came from; lengths are asserted by the kernel.
         unsafe { (self.gemv_32x64)(w, x, out) }
+    }
+    #[inline]
+    unsafe fn gemm_rows(
+        &self,
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
+        // the instruction set the pointer came from; lengths are asserted by the kernel.
+        unsafe { (self.gemm_32x64)(w, x, out, ld) }
     }
 }
 
@@ -1965,6 +3976,18 @@ impl Gemv<64, 64> for Kernels {
         // the instruction set the pointer came from; lengths are asserted by the kernel.
         unsafe { (self.gemv_64x64)(w, x, out) }
     }
+    #[inline]
+    unsafe fn gemm_rows(
+        &self,
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
+        // the instruction set the pointer came from; lengths are asserted by the kernel.
+        unsafe { (self.gemm_64x64)(w, x, out, ld) }
+    }
 }
 
 /// 64×172 (w2).
@@ -1974,6 +3997,18 @@ impl Gemv<64, 172> for Kernels {
         // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
         // the instruction set the pointer came from; lengths are asserted by the kernel.
         unsafe { (self.gemv_64x172)(w, x, out) }
+    }
+    #[inline]
+    unsafe fn gemm_rows(
+        &self,
+        w: &[[f32; 172]],
+        x: &[[f32; 172]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
+        // the instruction set the pointer came from; lengths are asserted by the kernel.
+        unsafe { (self.gemm_64x172)(w, x, out, ld) }
     }
 }
 
@@ -1985,6 +4020,18 @@ impl Gemv<172, 64> for Kernels {
         // the instruction set the pointer came from; lengths are asserted by the kernel.
         unsafe { (self.gemv_172x64)(w, x, out) }
     }
+    #[inline]
+    unsafe fn gemm_rows(
+        &self,
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
+        // the instruction set the pointer came from; lengths are asserted by the kernel.
+        unsafe { (self.gemm_172x64)(w, x, out, ld) }
+    }
 }
 
 /// 512×64 (classifier).
@@ -1994,6 +4041,18 @@ impl Gemv<512, 64> for Kernels {
         // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
         // the instruction set the pointer came from; lengths are asserted by the kernel.
         unsafe { (self.gemv_512x64)(w, x, out) }
+    }
+    #[inline]
+    unsafe fn gemm_rows(
+        &self,
+        w: &[[f32; 64]],
+        x: &[[f32; 64]],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: a Kernels value only exists after for_isa checked that this CPU supports
+        // the instruction set the pointer came from; lengths are asserted by the kernel.
+        unsafe { (self.gemm_512x64)(w, x, out, ld) }
     }
 }
 
