@@ -184,35 +184,64 @@ impl fmt::Display for Int8Isa {
     }
 }
 
-/// A generated Q8_0 kernel: `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled
-/// (`model_config::tiled`).
-pub type Q8GemvFn = unsafe fn(&[i8], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
+/// A generated int8 GEMV over tiled weights of unit `W` (`i8` for Q8_0, `u8` for Q4_0):
+/// `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled (`model_config::tiled`).
+pub type Int8GemvFn<W> = unsafe fn(&[W], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
 
-/// A generated Q4_0 kernel: `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled.
-pub type Q4GemvFn = unsafe fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
+/// The batched form of [`Int8GemvFn`]: `(w, w_scales, x, x_scales, x_corrections, out, ld)` with
+/// the tokens' tiled inputs one after another, writing `out[t * ld + r]`.
+pub type Int8BatchFn<W> = unsafe fn(&[W], &[f32], &[i8], &[f32], &[i32], *mut f32, usize);
 
-/// A Q8_0 kernel this CPU is known to run, from [`Int8Kernels::q8`].
-#[derive(Clone, Copy)]
-pub struct Q8Gemv(Q8GemvFn);
+/// Tiled int8 inputs as the batched kernels take them: each token's tiled values, scales and
+/// lane corrections, one token after another.
+#[derive(Debug, Clone, Copy)]
+pub struct TiledInputs<'a> {
+    /// The int8 values in the tiled block order.
+    pub q: &'a [i8],
+    /// One scale per group.
+    pub scales: &'a [f32],
+    /// `-offset · Σ` of every four values (`model_config::tiled::input_correction`).
+    pub corr: &'a [i32],
+}
 
-impl Q8Gemv {
+/// The generated int8 kernels of one matrix shape (single-token and batched) that this CPU is
+/// known to run, from [`Int8Kernels::q8`] or [`Int8Kernels::q4`].
+pub struct Int8Gemv<W: 'static> {
+    gemv: Int8GemvFn<W>,
+    batch: Int8BatchFn<W>,
+}
+
+/// The Q8_0 kernels of a shape.
+pub type Q8Gemv = Int8Gemv<i8>;
+/// The Q4_0 kernels of a shape.
+pub type Q4Gemv = Int8Gemv<u8>;
+
+impl<W> Clone for Int8Gemv<W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for Int8Gemv<W> {}
+
+impl<W> Int8Gemv<W> {
     /// # Safety
-    /// The CPU must run `f`'s instruction set.
+    /// The CPU must run both functions' instruction set.
     #[allow(dead_code)] // a model with no tiled shape never builds one
-    unsafe fn new(f: Q8GemvFn) -> Self {
-        Self(f)
+    unsafe fn new(gemv: Int8GemvFn<W>, batch: Int8BatchFn<W>) -> Self {
+        Self { gemv, batch }
     }
 
     /// `out = W · x` for a block of rows starting on a tile boundary: `w` and `w_scales` are
     /// that block of the tiled matrix, `x` and `x_scales` the tiled input, `corr` its lane
-    /// corrections (`model_config::tiled::input_correction` with `Q8_OFFSET`).
+    /// corrections (`model_config::tiled::input_correction` with `Q8_OFFSET` or `Q4_OFFSET`).
     ///
     /// # Panics
     /// If a length does not match the kernel's shape.
     #[inline]
     pub fn run(
         &self,
-        w: &[i8],
+        w: &[W],
         w_scales: &[f32],
         x: &[i8],
         x_scales: &[f32],
@@ -220,50 +249,36 @@ impl Q8Gemv {
         out: &mut [f32],
     ) {
         // SAFETY: `new`'s contract; the kernel checks every length.
-        unsafe { (self.0)(w, w_scales, x, x_scales, corr, out) }
+        unsafe { (self.gemv)(w, w_scales, x, x_scales, corr, out) }
     }
-}
 
-impl fmt::Debug for Q8Gemv {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Q8Gemv")
-    }
-}
-
-/// A Q4_0 kernel this CPU is known to run, from [`Int8Kernels::q4`].
-#[derive(Clone, Copy)]
-pub struct Q4Gemv(Q4GemvFn);
-
-impl Q4Gemv {
+    /// The batched product: `out[t * ld + r] = W[r] · x[t]` for every token `t` of `x` (the
+    /// tokens' tiled inputs, scales and corrections one after another), bit for bit what
+    /// [`Int8Gemv::run`] gives each token alone.
+    ///
     /// # Safety
-    /// The CPU must run `f`'s instruction set.
-    #[allow(dead_code)] // a model with no tiled shape never builds one
-    unsafe fn new(f: Q4GemvFn) -> Self {
-        Self(f)
-    }
-
-    /// `out = W · x` as [`Q8Gemv::run`], the corrections made with `Q4_OFFSET`.
+    /// `out.add(t * ld + r)` must be valid for writes, and not accessed by anyone else during
+    /// the call, for every token `t` and every row `r` of the block.
     ///
     /// # Panics
-    /// If a length does not match the kernel's shape.
+    /// If a length is not whole rows or tokens of the kernel's shape.
     #[inline]
-    pub fn run(
+    pub unsafe fn run_batch(
         &self,
-        w: &[u8],
+        w: &[W],
         w_scales: &[f32],
-        x: &[i8],
-        x_scales: &[f32],
-        corr: &[i32],
-        out: &mut [f32],
+        x: TiledInputs,
+        out: *mut f32,
+        ld: usize,
     ) {
-        // SAFETY: `new`'s contract; the kernel checks every length.
-        unsafe { (self.0)(w, w_scales, x, x_scales, corr, out) }
+        // SAFETY: `new`'s contract for the CPU; the caller's for `out`.
+        unsafe { (self.batch)(w, w_scales, x.q, x.scales, x.corr, out, ld) }
     }
 }
 
-impl fmt::Debug for Q4Gemv {
+impl<W> fmt::Debug for Int8Gemv<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Q4Gemv")
+        write!(f, "Int8Gemv<{}>", std::any::type_name::<W>())
     }
 }
 

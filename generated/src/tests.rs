@@ -330,14 +330,124 @@ fn int8_reference(
         .collect()
 }
 
-/// Checks a tiled Q8_0 kernel for a `rows`×`cols` matrix against the f64 reference.
-fn check_q8(
+/// The f64 reference rows `(sum, scale)` of a matrix for one token's `(values, scales)`.
+type Reference<'a> = &'a dyn Fn(&[i8], &[f32]) -> Vec<(f64, f64)>;
+/// A single-token int8 kernel: `(w, w_scales, x, x_scales, corr, out)`.
+type Single<'a, W> = &'a dyn Fn(&[W], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
+/// A batched int8 kernel: `(w, w_scales, x, x_scales, corr, out, ld)`.
+type Batch<'a, W> = &'a dyn Fn(&[W], &[f32], &[i8], &[f32], &[i32], *mut f32, usize);
+
+/// Tiled inputs of `tokens` tokens, one after another: values, scales, lane corrections (for
+/// `offset`), and each token's f64 reference rows from `reference(xq, xs)`.
+struct BatchInput {
+    x: Vec<i8>,
+    xs: Vec<f32>,
+    corr: Vec<i32>,
+    expected: Vec<Vec<(f64, f64)>>,
+}
+
+fn batch_input(
+    rng: &mut Rng,
+    tokens: usize,
+    cols: usize,
+    group: usize,
+    offset: i32,
+    reference: Reference,
+) -> BatchInput {
+    use model_config::tiled::{input_correction, tile_input};
+    let mut b = BatchInput {
+        x: vec![0; tokens * cols],
+        xs: Vec::new(),
+        corr: vec![0; tokens * cols / 4],
+        expected: Vec::new(),
+    };
+    for t in 0..tokens {
+        let (xq, xs) = int8_input(rng, cols, group);
+        let tx = &mut b.x[t * cols..(t + 1) * cols];
+        tile_input(&xq, group, tx);
+        input_correction(tx, offset, &mut b.corr[t * cols / 4..(t + 1) * cols / 4]);
+        b.expected.push(reference(&xq, &xs));
+        b.xs.extend_from_slice(&xs);
+    }
+    b
+}
+
+/// Checks a batched int8 kernel on every tile block and token count: against the f64 reference,
+/// and bit for bit against the single-token kernel (batch invariance); NaN in every output slot
+/// it must write, a guard in every slot it must not.
+#[allow(clippy::too_many_arguments)]
+fn check_int8_batch<W: Copy>(
     label: &str,
     rng: &mut Rng,
     rows: usize,
     cols: usize,
     group: usize,
+    offset: i32,
+    (w, ws): (&[W], &[f32]),
+    bytes_per_row: usize,
+    reference: Reference,
+    single: Single<W>,
+    batch: Batch<W>,
+) {
+    const GUARD: f32 = 12345.0;
+    let spr = cols / group;
+    for tokens in BATCHES {
+        let input = batch_input(rng, tokens, cols, group, offset, reference);
+        for (start, len) in tile_blocks(rows) {
+            let (wb, sb) = (
+                &w[start * bytes_per_row..(start + len) * bytes_per_row],
+                &ws[start * spr..(start + len) * spr],
+            );
+            let ld = len + 5;
+            let mut out = vec![GUARD; tokens * ld];
+            for t in 0..tokens {
+                out[t * ld..t * ld + len].fill(f32::NAN);
+            }
+            batch(
+                wb,
+                sb,
+                &input.x,
+                &input.xs,
+                &input.corr,
+                out.as_mut_ptr(),
+                ld,
+            );
+            let mut alone = vec![f32::NAN; len];
+            for t in 0..tokens {
+                let (x, xs, c) = (
+                    &input.x[t * cols..(t + 1) * cols],
+                    &input.xs[t * spr..(t + 1) * spr],
+                    &input.corr[t * cols / 4..(t + 1) * cols / 4],
+                );
+                single(wb, sb, x, xs, c, &mut alone);
+                for r in 0..len {
+                    let got = out[t * ld + r];
+                    let what = format!("{label} batch rows {start}+{r} token {t} of {tokens}");
+                    let (sum, scale) = input.expected[t][start + r];
+                    assert_close(&what, got, sum, scale);
+                    assert_eq!(
+                        got.to_bits(),
+                        alone[r].to_bits(),
+                        "{what}: batched {got} differs from the single-token kernel's {}",
+                        alone[r]
+                    );
+                }
+                assert!(
+                    out[t * ld + len..(t + 1) * ld].iter().all(|&v| v == GUARD),
+                    "{label}: batched kernel wrote outside its block (token {t} of {tokens})"
+                );
+            }
+        }
+    }
+}
+
+/// Checks a tiled Q8_0 kernel for a `rows`×`cols` matrix against the f64 reference.
+fn check_q8(
+    label: &str,
+    rng: &mut Rng,
+    (rows, cols, group): (usize, usize, usize),
     kernel: impl Fn(&[i8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
+    batch: impl Fn(&[i8], &[f32], &[i8], &[f32], &[i32], *mut f32, usize),
 ) {
     use model_config::tiled::{input_correction, tile_input, tile_q8, Q8_OFFSET};
     let q: Vec<i8> = (0..rows * cols)
@@ -356,16 +466,30 @@ fn check_q8(
     check_int8_blocks(label, rows, cols, cols / group, &expected, |b, s, out| {
         kernel(&tq[b], &ts[s], &tx, &xs, &corr, out)
     });
+    let reference =
+        |xq: &[i8], xs: &[f32]| int8_reference(|i| q[i] as i32, &ws, xq, xs, rows, group);
+    check_int8_batch(
+        label,
+        rng,
+        rows,
+        cols,
+        group,
+        Q8_OFFSET,
+        (&tq, &ts),
+        cols,
+        &reference,
+        &kernel,
+        &batch,
+    );
 }
 
 /// Checks a tiled Q4_0 kernel: values in [-8, 7] stored as baremetal v3 nibbles, then tiled.
 fn check_q4(
     label: &str,
     rng: &mut Rng,
-    rows: usize,
-    cols: usize,
-    group: usize,
+    (rows, cols, group): (usize, usize, usize),
     kernel: impl Fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
+    batch: impl Fn(&[u8], &[f32], &[i8], &[f32], &[i32], *mut f32, usize),
 ) {
     use model_config::tiled::{input_correction, tile_input, tile_q4, Q4_OFFSET};
     let q: Vec<i8> = (0..rows * cols)
@@ -396,6 +520,21 @@ fn check_q4(
         cols / group,
         &expected,
         |b, s, out| kernel(&tq[b], &ts[s], &tx, &xs, &corr, out),
+    );
+    let reference =
+        |xq: &[i8], xs: &[f32]| int8_reference(|i| q[i] as i32, &ws, xq, xs, rows, group);
+    check_int8_batch(
+        label,
+        rng,
+        rows,
+        cols,
+        group,
+        Q4_OFFSET,
+        (&tq, &ts),
+        cols / 2,
+        &reference,
+        &kernel,
+        &batch,
     );
 }
 
@@ -483,13 +622,23 @@ macro_rules! model_tests {
                         let mut rng = Rng::for_test(&label);
                         let k = kernels.q8(rows, cols, m::Q8_GROUP).expect("a kernel for every listed shape");
                         assert!(kernels.q8(rows, cols, m::Q8_GROUP * 2).is_none(), "{label}: other group");
-                        check_q8(&label, &mut rng, rows, cols, m::Q8_GROUP, |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out));
+                        check_q8(
+                            &label, &mut rng, (rows, cols, m::Q8_GROUP),
+                            |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out),
+                            // SAFETY: check_int8_batch passes an output of every token's rows.
+                            |w, ws, q, scales, corr, out, ld| unsafe { k.run_batch(w, ws, crate::TiledInputs { q, scales, corr }, out, ld) },
+                        );
                     }
                     for &(rows, cols) in m::Q4_SHAPES {
                         let label = format!("{} q4 {rows}x{cols} group {} on {isa}", $name, m::Q4_GROUP);
                         let mut rng = Rng::for_test(&label);
                         let k = kernels.q4(rows, cols, m::Q4_GROUP).expect("a kernel for every listed shape");
-                        check_q4(&label, &mut rng, rows, cols, m::Q4_GROUP, |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out));
+                        check_q4(
+                            &label, &mut rng, (rows, cols, m::Q4_GROUP),
+                            |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out),
+                            // SAFETY: check_int8_batch passes an output of every token's rows.
+                            |w, ws, q, scales, corr, out, ld| unsafe { k.run_batch(w, ws, crate::TiledInputs { q, scales, corr }, out, ld) },
+                        );
                     }
                     // Exactly the shapes whose rows are whole chunks are listed.
                     for s in cfg.gemv_shapes() {

@@ -24,6 +24,7 @@ impl Int8Emitter for Avx2 {
         operand is `|x|` (Q8_0), or the unsigned nibbles directly (Q4_0).";
 
     const PREFETCHES: bool = true;
+    const BATCH_TOKENS: usize = 2;
     const LANES: usize = 8;
 
     fn import() -> TokenStream {
@@ -99,14 +100,13 @@ impl Int8Emitter for Avx2 {
                 #[doc = " `acc + Σ w·x · w_scale · x_scale` per lane for one 64-value block of a row."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn q8_block(
+                unsafe fn q8_step(
                     acc: __m256,
                     x: ([__m256i; 2], [__m256i; 2]),
                     x_scales: __m256,
                     w: *const i8,
                     w_scales: *const f32,
                 ) -> __m256 {
-                    prefetch(w);
                     #sign
                     let (x_abs, x_sign) = x;
                     let ones = _mm256_set1_epi16(1);
@@ -172,7 +172,7 @@ impl Int8Emitter for Avx2 {
                 #[doc = " One row's 64 bytes: the low nibbles are one block, the high nibbles the next."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn q4_chunk(
+                unsafe fn q4_step(
                     acc: __m256,
                     x_low: ([__m256i; 2], __m256i),
                     x_high: ([__m256i; 2], __m256i),
@@ -181,7 +181,6 @@ impl Int8Emitter for Avx2 {
                     w: *const u8,
                     w_scales: *const f32,
                 ) -> __m256 {
-                    prefetch(w);
                     let bytes = [
                         _mm256_loadu_si256(w.cast()),
                         _mm256_loadu_si256(w.add(32).cast()),

@@ -23,6 +23,7 @@ impl Int8Emitter for Avx512Vnni {
         and each lane starting from the input's correction.";
 
     const PREFETCHES: bool = true;
+    const BATCH_TOKENS: usize = 4;
     const LANES: usize = 16;
 
     fn import() -> TokenStream {
@@ -77,14 +78,13 @@ impl Int8Emitter for Avx512Vnni {
                 #[doc = " `acc + Σ q·x · w_scale · x_scale` per lane for one 64-value block of a row."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn q8_block(
+                unsafe fn q8_step(
                     acc: __m512,
                     x: (__m512i, __m512i),
                     x_scales: __m512,
                     w: *const i8,
                     w_scales: *const f32,
                 ) -> __m512 {
-                    prefetch(w);
                     #offset
                     let dot = _mm512_dpbusd_epi32(x.1, _mm512_loadu_si512(w.cast()), x.0);
                     let scales = _mm512_mul_ps(x_scales, #bn(w_scales));
@@ -107,7 +107,7 @@ impl Int8Emitter for Avx512Vnni {
                 #[doc = " One row's 64 bytes: the low nibbles are one block, the high nibbles the next."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn q4_chunk(
+                unsafe fn q4_step(
                     acc: __m512,
                     x_low: (__m512i, __m512i),
                     x_high: (__m512i, __m512i),
@@ -116,7 +116,6 @@ impl Int8Emitter for Avx512Vnni {
                     w: *const u8,
                     w_scales: *const f32,
                 ) -> __m512 {
-                    prefetch(w);
                     let bytes = _mm512_loadu_si512(w.cast());
                     let nibble = _mm512_set1_epi8(0x0F);
                     let low = _mm512_and_si512(bytes, nibble);

@@ -101,6 +101,8 @@ pub(crate) trait Int8Emitter {
     const PREFETCHES: bool;
     /// Partial sums in a row's accumulator (for its doc).
     const LANES: usize;
+    /// Tokens per register tile of the batched kernels (rows: a layout tile).
+    const BATCH_TOKENS: usize;
     /// `use` lines.
     fn import() -> TokenStream;
     /// The accumulator type.
@@ -202,20 +204,26 @@ fn at(p: &Ident, offset: usize) -> TokenStream {
     }
 }
 
-/// The statements computing `rows` rows (a tile, or one row) of `cols` columns: a loop over
-/// the row's chunks with a fixed trip count, in which each chunk's input blocks are prepared
-/// once and every row takes one step at a literal offset; then the totals. `first` is the
-/// index of the tile's first output row.
+/// The statements computing `rows` rows (a tile, or one row) of `cols` columns for `tokens`
+/// inputs: a loop over the row's chunks with a fixed trip count, in which each chunk's input
+/// blocks are prepared once per token and every (row, token) takes one step at a literal
+/// offset; then the totals, stored at `out(row, token)`. Token `t`'s input, scales and
+/// corrections start `t` rows past `xp`, `xsp` and `cp`.
 ///
 /// The chunk loop is deliberately not unrolled in the source: fully unrolled, LLVM schedules
 /// the tile's loads and prefetches out of stream order, and the Q8_0 stories110M GEMVs
 /// streamed at 35.5 GB/s against 39.0 with the loop (42.5 GB/s sequential read, one thread).
+///
+/// Each output's operations are the same whatever `rows` and `tokens` are (one accumulator,
+/// one step per block in column order, then `hsum`), so the batched kernels give every token
+/// the GEMV's bits.
 fn rows_body(
     q4: bool,
     cols: usize,
     period: usize,
-    rows: usize,
-    first: &TokenStream,
+    (rows, tokens): (usize, usize),
+    prefetch: bool,
+    out: &dyn Fn(usize, usize) -> TokenStream,
 ) -> TokenStream {
     let (wp, sp, xp, xsp, cp, w, s) = (
         ident("wp"),
@@ -226,11 +234,20 @@ fn rows_body(
         ident("w"),
         ident("s"),
     );
-    let acc = |r: usize| ident(&format!("acc{r}"));
+    // One token keeps the GEMV's names (`acc0`, `x0`); a batch numbers the tokens too.
+    let named = |base: &str, i: usize, t: usize| {
+        if tokens == 1 {
+            ident(&format!("{base}{i}"))
+        } else {
+            ident(&format!("{base}{i}_{t}"))
+        }
+    };
     let mut setup = Vec::new();
     for r in 0..rows {
-        let a = acc(r);
-        setup.push(quote!(let mut #a = zero();));
+        for t in 0..tokens {
+            let a = named("acc", r, t);
+            setup.push(quote!(let mut #a = zero();));
+        }
     }
     let broadcast = ident(&format!("broadcast{period}"));
     let blocks_per_chunk = if q4 { 2 } else { 1 };
@@ -238,60 +255,67 @@ fn rows_body(
     let chunks = lit(cols / (blocks_per_chunk * BLOCK));
     // Per chunk k: the input advances by its values, the corrections by a quarter of that,
     // the scales by the chunk's groups, the tile by one 64-byte step per row.
-    let stride = |n: usize| {
-        if n == 1 {
-            return quote!(k);
+    let stride = |n: usize, plus: usize| {
+        let k = if n == 1 {
+            quote!(k)
+        } else {
+            let n = lit(n);
+            quote!(#n * k)
+        };
+        if plus == 0 {
+            k
+        } else {
+            let plus = lit(plus);
+            quote!(#k + #plus)
         }
-        let n = lit(n);
-        quote!(#n * k)
     };
-    let mut step = Vec::new();
-    let mut prepared = Vec::new();
-    for b in 0..blocks_per_chunk {
-        let (x, xs) = (ident(&format!("x{b}")), ident(&format!("xs{b}")));
-        let xat = stride(blocks_per_chunk * BLOCK);
-        let cat = stride(blocks_per_chunk * BLOCK / 4);
-        let sat = stride(scales_per_chunk);
-        let (xo, co, so) = (lit(b * BLOCK), lit(b * BLOCK / 4), lit(b * period));
-        let (xat, cat, sat) = if b == 0 {
-            (quote!(#xat), quote!(#cat), quote!(#sat))
-        } else {
-            (quote!(#xat + #xo), quote!(#cat + #co), quote!(#sat + #so))
-        };
-        let prepare = if q4 {
-            quote!(x4_block)
-        } else {
-            quote!(x_block)
-        };
-        step.push(quote!(let #x = #prepare(#xp.add(#xat), #cp.add(#cat));));
-        step.push(quote!(let #xs = #broadcast(#xsp.add(#sat));));
-        prepared.push((x, xs));
+    let w_at = stride(rows * BLOCK, 0);
+    let s_at = stride(rows * scales_per_chunk, 0);
+    let mut step = vec![
+        quote!(let #w = #wp.add(#w_at);),
+        quote!(let #s = #sp.add(#s_at);),
+    ];
+    if prefetch {
+        for r in 0..rows {
+            let w_r = at(&w, r * BLOCK);
+            step.push(quote!(prefetch(#w_r);));
+        }
     }
-    let wat = stride(rows * BLOCK);
-    let sat = stride(rows * scales_per_chunk);
-    step.push(quote!(let #w = #wp.add(#wat);));
-    step.push(quote!(let #s = #sp.add(#sat);));
-    for r in 0..rows {
-        let a = acc(r);
-        let (w_r, s_r) = (at(&w, r * BLOCK), at(&s, r * scales_per_chunk));
-        step.push(if q4 {
-            let ((x0, xs0), (x1, xs1)) = (&prepared[0], &prepared[1]);
-            quote!(#a = q4_chunk(#a, #x0, #x1, #xs0, #xs1, #w_r, #s_r);)
-        } else {
-            let (x, xs) = &prepared[0];
-            quote!(#a = q8_block(#a, #x, #xs, #w_r, #s_r);)
-        });
+    for t in 0..tokens {
+        let mut prepared = Vec::new();
+        for b in 0..blocks_per_chunk {
+            let (x, xs) = (named("x", b, t), named("xs", b, t));
+            let xat = stride(blocks_per_chunk * BLOCK, b * BLOCK + t * cols);
+            let cat = stride(blocks_per_chunk * BLOCK / 4, (b * BLOCK + t * cols) / 4);
+            let sat = stride(scales_per_chunk, b * period + t * (cols / BLOCK) * period);
+            let prepare = if q4 {
+                quote!(x4_block)
+            } else {
+                quote!(x_block)
+            };
+            step.push(quote!(let #x = #prepare(#xp.add(#xat), #cp.add(#cat));));
+            step.push(quote!(let #xs = #broadcast(#xsp.add(#sat));));
+            prepared.push((x, xs));
+        }
+        for r in 0..rows {
+            let a = named("acc", r, t);
+            let (w_r, s_r) = (at(&w, r * BLOCK), at(&s, r * scales_per_chunk));
+            step.push(if q4 {
+                let ((x0, xs0), (x1, xs1)) = (&prepared[0], &prepared[1]);
+                quote!(#a = q4_step(#a, #x0, #x1, #xs0, #xs1, #w_r, #s_r);)
+            } else {
+                let (x, xs) = &prepared[0];
+                quote!(#a = q8_step(#a, #x, #xs, #w_r, #s_r);)
+            });
+        }
     }
     let mut totals = Vec::new();
-    for r in 0..rows {
-        let a = acc(r);
-        let index = if r == 0 {
-            quote!(#first)
-        } else {
-            let r = lit(r);
-            quote!(#first + #r)
-        };
-        totals.push(quote!(*op.add(#index) = hsum(#a);));
+    for t in 0..tokens {
+        for r in 0..rows {
+            let a = named("acc", r, t);
+            let index = out(r, t);
+            totals.push(quote!(*op.add(#index) = hsum(#a);));
+        }
     }
     quote! {
         #(#setup)*
@@ -300,6 +324,32 @@ fn rows_body(
         }
         #(#totals)*
     }
+}
+
+/// `first` or `first + r`.
+fn plus(first: &TokenStream, r: usize) -> TokenStream {
+    if r == 0 {
+        first.clone()
+    } else {
+        let r = lit(r);
+        quote!(#first + #r)
+    }
+}
+
+/// `t · ld + r`, written as a person would (`r`, `ld`, `ld + r`, `2 * ld + r`).
+fn batch_index(r: usize, t: usize) -> TokenStream {
+    let row = match t {
+        0 => {
+            let r = lit(r);
+            return quote!(#r);
+        }
+        1 => quote!(ld),
+        t => {
+            let t = lit(t);
+            quote!(#t * ld)
+        }
+    };
+    plus(&row, r)
 }
 
 fn body_name(q4: bool, cols: usize) -> Ident {
@@ -318,8 +368,13 @@ fn body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
     let row_bytes = lit(bytes_per_row);
     let tile_rows = lit(TILE_ROWS);
     let feats = features::<E>();
-    let tile = rows_body(q4, cols, period, TILE_ROWS, &quote!(t * #tile_rows));
-    let single = rows_body(q4, cols, period, 1, &quote!(r));
+    let (first_tile, first_row) = (quote!(t * #tile_rows), quote!(r));
+    let tile = rows_body(q4, cols, period, (TILE_ROWS, 1), E::PREFETCHES, &|r, _| {
+        plus(&first_tile, r)
+    });
+    let single = rows_body(q4, cols, period, (1, 1), E::PREFETCHES, &|r, _| {
+        plus(&first_row, r)
+    });
     // The input's lane corrections: one i32 per four values.
     let n = lit(cols / 4);
     let (corr_param, corr_ptr) = (quote!(corr: &[i32; #n],), quote!(let cp = corr.as_ptr();));
@@ -375,6 +430,214 @@ fn body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
                     #single
                 }
             }
+        }
+    }
+}
+
+fn batch_body_name(q4: bool, cols: usize) -> Ident {
+    ident(&format!("{}_batch_x{cols}", if q4 { "q4" } else { "q8" }))
+}
+
+fn batch_tile_name(q4: bool, cols: usize, rows: usize, tokens: usize) -> Ident {
+    ident(&format!(
+        "{}_tile{rows}x{tokens}_x{cols}",
+        if q4 { "q4" } else { "q8" }
+    ))
+}
+
+/// One register tile of the batched kernel: `rows` rows (a layout tile, or one row) times
+/// `tokens` inputs, outputs at `op[t · ld + r]`.
+fn batch_tile<E: Int8Emitter>(
+    q4: bool,
+    cols: usize,
+    group: usize,
+    rows: usize,
+    tokens: usize,
+) -> TokenStream {
+    let name = batch_tile_name(q4, cols, rows, tokens);
+    let feats = features::<E>();
+    let body = rows_body(q4, cols, BLOCK / group, (rows, tokens), false, &batch_index);
+    let wt = if q4 { quote!(u8) } else { quote!(i8) };
+    let docs = doc(&format!(
+        "{rows} row{} × {tokens} token{} of {cols} columns: outputs `op[t · ld + r]`.",
+        if rows == 1 { "" } else { "s" },
+        if tokens == 1 { "" } else { "s" }
+    ));
+    let safety = doc(
+        "# Safety\n\nThe tile's weights and scales, the tokens' tiled inputs, scales and \
+         corrections must be readable, the outputs writable, and the CPU must have the \
+         module's features.",
+    );
+    // A one-token tile writes one output row and has no use for its stride.
+    let ld = if tokens == 1 {
+        quote!()
+    } else {
+        quote!(, ld: usize)
+    };
+    quote! {
+        #docs
+        #safety
+        #feats
+        #[inline]
+        unsafe fn #name(
+            wp: *const #wt,
+            sp: *const f32,
+            xp: *const i8,
+            xsp: *const f32,
+            cp: *const i32,
+            op: *mut f32
+            #ld
+        ) {
+            #body
+        }
+    }
+}
+
+/// The shared batched body for every `cols`-column shape of one format: layout tiles of rows
+/// outside, register tiles of tokens inside, leftover tokens and rows one at a time.
+fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
+    let name = batch_body_name(q4, cols);
+    let feats = features::<E>();
+    let tokens_t = E::BATCH_TOKENS;
+    let full = batch_tile_name(q4, cols, TILE_ROWS, tokens_t);
+    let one_token = batch_tile_name(q4, cols, TILE_ROWS, 1);
+    let single = batch_tile_name(q4, cols, 1, 1);
+    let bytes_per_row = if q4 { cols / 2 } else { cols };
+    let (c, rb, sc, cq) = (
+        lit(cols),
+        lit(bytes_per_row),
+        lit(cols / group),
+        lit(cols / 4),
+    );
+    let (tile_bytes, tile_scales) = (
+        lit(TILE_ROWS * bytes_per_row),
+        lit(TILE_ROWS * cols / group),
+    );
+    let (tr, tt) = (lit(TILE_ROWS), lit(tokens_t));
+    let (wt, format) = if q4 {
+        (quote!(u8), "Q4_0")
+    } else {
+        (quote!(i8), "Q8_0")
+    };
+    let docs = doc(&format!(
+        "{format} `out[t · ld + r] = W[r] · x[t]` for any number of rows of {cols} columns \
+         (tiled, groups of {group}) and any number of tokens: the one batched body every \
+         {cols}-column shape shares."
+    ));
+    let len_msg = format!("{format} batched kernel: lengths are not whole rows and tokens");
+    let order = comment(
+        "Layout tiles outside, so a tile's rows stay in L1 while every token passes over \
+         them; the weights are read from memory once per call.",
+    );
+    let safety = comment(
+        "SAFETY: the lengths are checked above, every tile reads rows below `rows` and tokens \
+         below `tokens`, and the caller guarantees the outputs and the CPU features.",
+    );
+    quote! {
+        #docs
+        #feats
+        unsafe fn #name(
+            w: &[#wt],
+            ws: &[f32],
+            x: &[i8],
+            xs: &[f32],
+            corr: &[i32],
+            out: *mut f32,
+            ld: usize,
+        ) {
+            let (rows, tokens) = (w.len() / #rb, x.len() / #c);
+            assert!(
+                w.len() == rows * #rb
+                    && ws.len() == rows * #sc
+                    && x.len() == tokens * #c
+                    && xs.len() == tokens * #sc
+                    && corr.len() == tokens * #cq,
+                #len_msg
+            );
+            let (tiles, token_tiles) = (rows / #tr, tokens / #tt);
+            let (xp, xsp, cp) = (x.as_ptr(), xs.as_ptr(), corr.as_ptr());
+            #safety
+            unsafe {
+                #order
+                for i in 0..tiles {
+                    let r = i * #tr;
+                    let wp = w.as_ptr().add(i * #tile_bytes);
+                    let sp = ws.as_ptr().add(i * #tile_scales);
+                    for j in 0..token_tiles {
+                        let t = j * #tt;
+                        #full(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r), ld);
+                    }
+                    for t in token_tiles * #tt..tokens {
+                        #one_token(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r));
+                    }
+                }
+                for r in tiles * #tr..rows {
+                    let wp = w.as_ptr().add(r * #rb);
+                    let sp = ws.as_ptr().add(r * #sc);
+                    for t in 0..tokens {
+                        #single(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The batched body for `cols` columns and the tiles it calls.
+fn batch_items<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
+    let body = batch_body::<E>(q4, cols, group);
+    let full = batch_tile::<E>(q4, cols, group, TILE_ROWS, E::BATCH_TOKENS);
+    let one_token = batch_tile::<E>(q4, cols, group, TILE_ROWS, 1);
+    let single = batch_tile::<E>(q4, cols, group, 1, 1);
+    quote!(#body #full #one_token #single)
+}
+
+/// The public name of a shape's batched kernel.
+pub(crate) fn batch_kernel_name(q4: bool, shape: &Shape) -> Ident {
+    ident(&format!(
+        "{}_batch_{}",
+        if q4 { "q4" } else { "q8" },
+        shape.suffix()
+    ))
+}
+
+/// The per-shape batched entry point.
+fn batch_wrapper<E: Int8Emitter>(q4: bool, shape: &Shape, group: usize) -> TokenStream {
+    let name = batch_kernel_name(q4, shape);
+    let body = batch_body_name(q4, shape.cols);
+    let feats = features::<E>();
+    let (format, wt) = if q4 {
+        ("Q4_0", quote!(u8))
+    } else {
+        ("Q8_0", quote!(i8))
+    };
+    let docs = doc(&format!(
+        "{format} `out[t · ld + r] = W[r] · x[t]` for a block of rows of the {} matrix \
+         (tiled, groups of {group}; the block starts on a tile boundary) and every token of \
+         `x` (each token's tiled input, scales and corrections one after another); bit for bit \
+         what the GEMV gives each token alone.\n\n# Safety\n\n`out.add(t * ld + r)` must be \
+         valid for writes, and not accessed by anyone else during the call, for every token \
+         `t` and row `r` of the block. The CPU must support {}: \
+         [`Int8Kernels`](super::Int8Kernels) checks this once.\n\n# Panics\n\nIf a \
+         length is not whole rows or tokens of the shape.",
+        shape.describe(),
+        E::REQUIREMENT
+    ));
+    let call = comment("SAFETY: this function's contract is the body's.");
+    quote! {
+        #docs
+        #feats
+        pub unsafe fn #name(
+            w: &[#wt],
+            ws: &[f32],
+            x: &[i8],
+            xs: &[f32],
+            corr: &[i32],
+            out: *mut f32,
+            ld: usize,
+        ) {
+            #call
+            unsafe { #body(w, ws, x, xs, corr, out, ld) }
         }
     }
 }
@@ -466,6 +729,23 @@ pub(crate) fn module<E: Int8Emitter>(plan: &Int8Plan) -> TokenStream {
     let q4_bodies = distinct_cols(&plan.q4)
         .into_iter()
         .map(|c| body::<E>(true, c, plan.q4_group));
+    let batch_wrappers = plan
+        .q8
+        .iter()
+        .map(|s| batch_wrapper::<E>(false, s, plan.q8_group))
+        .chain(
+            plan.q4
+                .iter()
+                .map(|s| batch_wrapper::<E>(true, s, plan.q4_group)),
+        );
+    let batch_bodies = distinct_cols(&plan.q8)
+        .into_iter()
+        .map(|c| batch_items::<E>(false, c, plan.q8_group))
+        .chain(
+            distinct_cols(&plan.q4)
+                .into_iter()
+                .map(|c| batch_items::<E>(true, c, plan.q4_group)),
+        );
     let (q8_period, q4_period) = (
         (!plan.q8.is_empty()).then(|| plan.q8_period()),
         (!plan.q4.is_empty()).then(|| plan.q4_period()),
@@ -494,8 +774,10 @@ pub(crate) fn module<E: Int8Emitter>(plan: &Int8Plan) -> TokenStream {
 
             #(#q8_wrappers)*
             #(#q4_wrappers)*
+            #(#batch_wrappers)*
             #(#q8_bodies)*
             #(#q4_bodies)*
+            #(#batch_bodies)*
             #common
             #helpers
         }
@@ -556,8 +838,8 @@ fn table(plan: &Int8Plan, isas: &[Emitted]) -> TokenStream {
                     let cfg = arch_cfg(isa.arch);
                     let (variant, module) = (&isa.variant, &isa.module);
                     let (r, c) = (lit(s.rows), lit(s.cols));
-                    let f = kernel_name(q4, s);
-                    quote!(#cfg (crate::Int8Isa::#variant, #r, #c) => #module::#f,)
+                    let (f, b) = (kernel_name(q4, s), batch_kernel_name(q4, s));
+                    quote!(#cfg (crate::Int8Isa::#variant, #r, #c) => (#module::#f, #module::#b),)
                 })
             })
             .collect()
@@ -568,10 +850,10 @@ fn table(plan: &Int8Plan, isas: &[Emitted]) -> TokenStream {
     );
     // A format without kernels answers None without naming its arguments' values.
     let lookup = |q4: bool, shapes: &[Shape]| {
-        let (fn_type, gemv) = if q4 {
-            (quote!(crate::Q4GemvFn), quote!(crate::Q4Gemv))
+        let (unit, gemv) = if q4 {
+            (quote!(u8), quote!(crate::Q4Gemv))
         } else {
-            (quote!(crate::Q8GemvFn), quote!(crate::Q8Gemv))
+            (quote!(i8), quote!(crate::Q8Gemv))
         };
         let arms = arms(q4, shapes);
         let group = if q4 {
@@ -589,12 +871,12 @@ fn table(plan: &Int8Plan, isas: &[Emitted]) -> TokenStream {
             if group != #group {
                 return None;
             }
-            let f: #fn_type = match (self.isa, rows, cols) {
+            let (f, b): (crate::Int8GemvFn<#unit>, crate::Int8BatchFn<#unit>) = match (self.isa, rows, cols) {
                 #(#arms)*
                 _ => return None,
             };
             #safety
-            Some(unsafe { #gemv::new(f) })
+            Some(unsafe { #gemv::new(f, b) })
         }
     };
     let (q8_lookup, q4_lookup) = (lookup(false, &plan.q8), lookup(true, &plan.q4));

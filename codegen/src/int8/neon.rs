@@ -27,6 +27,7 @@ impl Int8Emitter for NeonDotprod {
     // timings mean nothing), and the stream is sequential, which the hardware prefetchers of
     // the cores with dotprod follow; a guessed distance could only cost.
     const PREFETCHES: bool = false;
+    const BATCH_TOKENS: usize = 4;
     const LANES: usize = 4;
 
     fn import() -> TokenStream {
@@ -106,7 +107,7 @@ impl Int8Emitter for NeonDotprod {
                 #[doc = " `acc + Σ w·x · w_scale · x_scale` per lane for one 64-value block of a row."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn q8_block(
+                unsafe fn q8_step(
                     acc: float32x4_t,
                     x: int8x16x4_t,
                     x_scales: float32x4_t,
@@ -152,7 +153,7 @@ impl Int8Emitter for NeonDotprod {
                 #[doc = " One row's 64 bytes: the low nibbles are one block, the high nibbles the next."]
                 #[target_feature(enable = #FEATURES)]
                 #[inline]
-                unsafe fn q4_chunk(
+                unsafe fn q4_step(
                     acc: float32x4_t,
                     x_low: (int8x16x4_t, int32x4_t),
                     x_high: (int8x16x4_t, int32x4_t),

@@ -20,6 +20,7 @@ impl Int8Emitter for Portable {
         the reference the SIMD kernels are compared with.";
 
     const PREFETCHES: bool = false;
+    const BATCH_TOKENS: usize = 2;
     const LANES: usize = 1;
 
     fn import() -> TokenStream {
@@ -60,7 +61,7 @@ impl Int8Emitter for Portable {
                 #[doc = " `acc + Σ_groups (Σ w·x) · w_scale · x_scale` for one block of a row; lane i"]
                 #[doc = " (four values) belongs to group i % N."]
                 #[inline]
-                unsafe fn q8_block(
+                unsafe fn q8_step(
                     acc: f32,
                     x: [i8; 64],
                     x_scales: [f32; #n_lit],
@@ -100,7 +101,7 @@ impl Int8Emitter for Portable {
                 #[doc = " One row's 64 bytes: low nibbles are one block, high nibbles the next; the"]
                 #[doc = " nibbles are q + 8, which the lane corrections take back out."]
                 #[inline]
-                unsafe fn q4_chunk(
+                unsafe fn q4_step(
                     acc: f32,
                     x_low: ([i8; 64], [i32; 16]),
                     x_high: ([i8; 64], [i32; 16]),
