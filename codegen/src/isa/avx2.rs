@@ -13,6 +13,7 @@ impl Simd for Avx2 {
     const MODULE: &'static str = "avx2";
     const ARCH: &'static str = "x86_64";
     const FEATURES: &'static str = "avx2,fma";
+    const GEMM_ROWS: usize = 4;
     const GEMM_TOKENS: usize = 2;
     const LANES: usize = 8;
     const REQUIREMENT: &'static str = "AVX2 and FMA";

@@ -13,6 +13,7 @@ impl Simd for Avx512 {
     const MODULE: &'static str = "avx512";
     const ARCH: &'static str = "x86_64";
     const FEATURES: &'static str = "avx512f";
+    const GEMM_ROWS: usize = 4;
     const GEMM_TOKENS: usize = 4;
     const LANES: usize = 16;
     const REQUIREMENT: &'static str = "AVX-512F";

@@ -110,7 +110,9 @@ pub(crate) trait Simd {
     const LANES: usize;
     /// What the CPU must support, for `# Safety` sections.
     const REQUIREMENT: &'static str;
-    /// Tokens per register tile of the batched kernels (rows: [`gemm::GEMM_ROWS`]).
+    /// Rows per register tile of the batched kernels.
+    const GEMM_ROWS: usize;
+    /// Tokens per register tile of the batched kernels.
     const GEMM_TOKENS: usize;
     /// The submodule's doc comment.
     const DOC: &'static str;

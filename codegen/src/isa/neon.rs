@@ -13,6 +13,7 @@ impl Simd for Neon {
     const MODULE: &'static str = "neon";
     const ARCH: &'static str = "aarch64";
     const FEATURES: &'static str = "neon";
+    const GEMM_ROWS: usize = 4;
     const GEMM_TOKENS: usize = 4;
     const LANES: usize = 4;
     const REQUIREMENT: &'static str = "NEON (every aarch64 Linux CPU does)";
