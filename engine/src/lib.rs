@@ -8,6 +8,7 @@
 pub mod aligned;
 pub mod backend;
 pub mod bandwidth;
+pub mod beam;
 pub mod error;
 pub mod eval;
 pub mod fixtures;

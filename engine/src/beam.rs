@@ -1,0 +1,303 @@
+//! Beam search as Hugging Face transformers' `num_beams` decoding does it (`BeamSearchScorer`
+//! with `early_stopping=False`), without the model: [`BeamSearch::step`] takes each running
+//! hypothesis's logits and says which hypotheses continue with which token; the caller runs the
+//! model (one batched forward per step) and forks the KV cache accordingly.
+//!
+//! Per step, every running hypothesis's log-softmax is added to its cumulative log-probability
+//! and the best `max(2, 1 + |eos|) · beams` candidates over all of them are taken in rank order
+//! (score descending; ties to the lower hypothesis, then the lower token id, so the search is
+//! deterministic). A candidate whose token ends generation joins the finished hypotheses if its
+//! rank is below `beams` (otherwise it is dropped); the others continue, until `beams` are
+//! running. A finished hypothesis scores `Σ log p / generated^length_penalty`, `generated`
+//! counting its tokens after the prompt including the end token; the best `beams` are kept.
+//! The search is done when `beams` hypotheses have finished and the worst of them scores at
+//! least the best candidate of the step divided by the same length penalty, or when the
+//! length limit is reached; then the running hypotheses are scored too (without an end token)
+//! and the best hypothesis overall is the answer.
+
+/// One hypothesis: the generated tokens (after the prompt) and their summed log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    /// Generated token ids, without the end token.
+    pub tokens: Vec<u32>,
+    /// Whether generation of this hypothesis ended with an end token.
+    pub finished: bool,
+    /// `Σ log p` of its tokens (including the end token's, when finished).
+    pub log_prob: f64,
+    /// `log_prob / generated^length_penalty`: what hypotheses are ranked by.
+    pub score: f64,
+}
+
+/// What continues after a step: running hypothesis `i` of the next step is `parent`'s
+/// continuation with `token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// Index of the running hypothesis (of the step just taken) it extends.
+    pub parent: usize,
+    /// The token it appends.
+    pub token: u32,
+}
+
+/// Beam search state for one prompt.
+#[derive(Debug, Clone)]
+pub struct BeamSearch {
+    beams: usize,
+    length_penalty: f64,
+    eos: Vec<u32>,
+    /// Running hypotheses (one before the first step: the prompt).
+    running: Vec<(Vec<u32>, f64)>,
+    /// The best finished hypotheses, at most `beams`.
+    finished: Vec<Hypothesis>,
+    done: bool,
+    /// Candidate scratch, reused every step.
+    candidates: Vec<(f64, usize, u32)>,
+}
+
+/// `log_softmax(logits)[i]` for every `i`, in f64 (max-subtracted).
+fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    out.clear();
+    out.extend(logits.iter().map(|&v| v as f64 - log_sum));
+}
+
+impl BeamSearch {
+    /// A search keeping `beams` hypotheses (≥ 1), with `length_penalty` (Hugging Face's
+    /// default is 1.0) and the tokens that end a hypothesis.
+    pub fn new(beams: usize, length_penalty: f32, eos: &[u32]) -> Self {
+        Self {
+            beams: beams.max(1),
+            length_penalty: length_penalty as f64,
+            eos: eos.to_vec(),
+            running: vec![(Vec::new(), 0.0)],
+            finished: Vec::new(),
+            done: false,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// How many hypotheses are running (the logits [`Self::step`] wants, in this order).
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// The running hypotheses' tokens so far.
+    pub fn running_tokens(&self, i: usize) -> &[u32] {
+        &self.running[i].0
+    }
+
+    /// True when no step can improve the result.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn normalised(&self, log_prob: f64, generated: usize) -> f64 {
+        log_prob / (generated as f64).powf(self.length_penalty)
+    }
+
+    /// Keeps `h` if it is among the best `beams` finished hypotheses.
+    fn add_finished(&mut self, h: Hypothesis) {
+        if self.finished.len() < self.beams || h.score > self.worst_finished() {
+            self.finished.push(h);
+            if self.finished.len() > self.beams {
+                // Drop the worst; the earliest of equal scores stays, as in transformers.
+                let worst = (0..self.finished.len())
+                    .rev()
+                    .min_by(|&a, &b| self.finished[a].score.total_cmp(&self.finished[b].score))
+                    .expect("non-empty");
+                self.finished.remove(worst);
+            }
+        }
+    }
+
+    fn worst_finished(&self) -> f64 {
+        self.finished
+            .iter()
+            .map(|h| h.score)
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// One step: `logits[i]` are running hypothesis `i`'s next-token logits. Returns what runs
+    /// next (empty when the search is done).
+    ///
+    /// # Panics
+    /// If `logits.len()` is not [`Self::running`], or the search is already done.
+    pub fn step(&mut self, logits: &[&[f32]]) -> Vec<Continuation> {
+        assert!(!self.done, "beam search: step after the search was done");
+        assert_eq!(
+            logits.len(),
+            self.running.len(),
+            "one logits row per hypothesis"
+        );
+        let generated = self.running[0].0.len() + 1;
+        let keep = self.beams * 2usize.max(1 + self.eos.len());
+        self.candidates.clear();
+        let mut lp = Vec::new();
+        for (i, row) in logits.iter().enumerate() {
+            log_softmax(row, &mut lp);
+            let base = self.running[i].1;
+            self.candidates
+                .extend(lp.iter().enumerate().map(|(t, &l)| (base + l, i, t as u32)));
+        }
+        let by_rank = |a: &(f64, usize, u32), b: &(f64, usize, u32)| {
+            b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+        };
+        let keep = keep.min(self.candidates.len());
+        if keep < self.candidates.len() {
+            self.candidates.select_nth_unstable_by(keep - 1, by_rank);
+            self.candidates.truncate(keep);
+        }
+        self.candidates.sort_unstable_by(by_rank);
+        let candidates = std::mem::take(&mut self.candidates);
+        let mut next = Vec::with_capacity(self.beams);
+        let mut next_running = Vec::with_capacity(self.beams);
+        for (rank, &(score, parent, token)) in candidates.iter().enumerate() {
+            if self.eos.contains(&token) {
+                if rank < self.beams {
+                    let h = Hypothesis {
+                        tokens: self.running[parent].0.clone(),
+                        finished: true,
+                        log_prob: score,
+                        score: self.normalised(score, generated),
+                    };
+                    self.add_finished(h);
+                }
+            } else {
+                let mut tokens = self.running[parent].0.clone();
+                tokens.push(token);
+                next_running.push((tokens, score));
+                next.push(Continuation { parent, token });
+            }
+            if next.len() == self.beams {
+                break;
+            }
+        }
+        let best = candidates.first().map_or(f64::NEG_INFINITY, |c| c.0);
+        self.candidates = candidates;
+        self.running = next_running;
+        if self.finished.len() >= self.beams
+            && self.worst_finished() >= self.normalised(best, generated)
+        {
+            self.done = true;
+        }
+        if self.done || self.running.is_empty() {
+            self.done = true;
+            return Vec::new();
+        }
+        next
+    }
+
+    /// Ends the search (at the length limit, or when done): the running hypotheses are scored
+    /// as they stand, and every kept hypothesis is returned best first.
+    pub fn finish(mut self) -> Vec<Hypothesis> {
+        if !self.done {
+            let running = std::mem::take(&mut self.running);
+            for (tokens, log_prob) in running {
+                if tokens.is_empty() {
+                    continue;
+                }
+                let score = self.normalised(log_prob, tokens.len());
+                self.add_finished(Hypothesis {
+                    tokens,
+                    finished: false,
+                    log_prob,
+                    score,
+                });
+            }
+        }
+        let mut all = self.finished;
+        all.sort_by(|a, b| b.score.total_cmp(&a.score));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logits whose softmax is exactly `probs` (up to rounding).
+    fn logits(probs: &[f64]) -> Vec<f32> {
+        probs.iter().map(|p| p.ln() as f32).collect()
+    }
+
+    #[test]
+    fn keeps_the_most_likely_sequence_not_the_greedy_one() {
+        // Greedy takes token 1 (0.5) then at best 0.4; beam search finds 0 (0.4) then 0.9.
+        let mut beam = BeamSearch::new(2, 1.0, &[]);
+        let step1 = beam.step(&[&logits(&[0.4, 0.5, 0.1])]);
+        assert_eq!(
+            step1,
+            [
+                Continuation {
+                    parent: 0,
+                    token: 1
+                },
+                Continuation {
+                    parent: 0,
+                    token: 0
+                }
+            ]
+        );
+        let after_1 = logits(&[0.4, 0.3, 0.3]);
+        let after_0 = logits(&[0.05, 0.05, 0.9]);
+        let step2 = beam.step(&[&after_1, &after_0]);
+        assert_eq!(
+            step2[0],
+            Continuation {
+                parent: 1,
+                token: 2
+            }
+        );
+        let best = &beam.finish()[0];
+        assert_eq!(best.tokens, [0, 2]);
+        assert!((best.log_prob - (0.4f64 * 0.9).ln()).abs() < 1e-6);
+        assert!((best.score - best.log_prob / 2.0).abs() < 1e-12);
+        assert!(!best.finished);
+    }
+
+    #[test]
+    fn an_end_token_finishes_a_hypothesis_and_ends_the_search_when_nothing_can_beat_it() {
+        // Token 2 ends generation. Step 1: EOS is rank 0, so the empty hypothesis finishes
+        // (one generated token, the EOS: score ln 0.7); tokens 0 and 1 run on.
+        let mut beam = BeamSearch::new(2, 1.0, &[2]);
+        let next = beam.step(&[&logits(&[0.2, 0.1, 0.7])]);
+        assert_eq!(
+            next,
+            [
+                Continuation {
+                    parent: 0,
+                    token: 0
+                },
+                Continuation {
+                    parent: 0,
+                    token: 1
+                }
+            ]
+        );
+        // Step 2: both end with 0.98. Both EOS candidates rank below 2 and finish; the worst of
+        // the three finished is dropped, and the worst kept, (ln 0.2 + ln 0.98) / 2, equals the
+        // best candidate over the same length: done.
+        let l = logits(&[0.01, 0.01, 0.98]);
+        assert!(beam.step(&[&l, &l]).is_empty());
+        assert!(beam.is_done());
+        let all = beam.finish();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|h| h.finished));
+        assert_eq!(
+            (all[0].tokens.as_slice(), all[1].tokens.as_slice()),
+            (&[][..], &[0][..])
+        );
+        assert!((all[0].score - 0.7f64.ln()).abs() < 1e-6);
+        assert!((all[1].score - (0.2f64.ln() + 0.98f64.ln()) / 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_low_ranked_end_token_is_dropped() {
+        // EOS at rank 2 of 4 candidates with 2 beams: not a finished hypothesis.
+        let mut beam = BeamSearch::new(2, 1.0, &[2]);
+        let next = beam.step(&[&logits(&[0.5, 0.3, 0.15, 0.05])]);
+        assert_eq!(next.len(), 2);
+        assert!(beam.clone().finish().iter().all(|h| !h.finished));
+    }
+}
