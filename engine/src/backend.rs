@@ -287,13 +287,150 @@ impl Backend {
         )
     }
 
-    /// Runs `f` on contiguous shares of `0..n` (one per thread) and waits for all of them.
-    pub fn parallel(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+    /// Runs `f(share, part)` on contiguous parts of `0..n`, one per thread (`share` is the
+    /// part's index, below [`Backend::threads`], for per-share scratch), and waits for all.
+    pub fn parallel(&self, n: usize, f: &(dyn Fn(usize, Range<usize>) + Sync)) {
         let shares = self.pool.threads();
         if shares == 1 {
-            return f(0..n);
+            return f(0, 0..n);
         }
-        self.pool.run(&|i| f(share(n, shares, i, 1)));
+        self.pool.run(&|i| f(i, share(n, shares, i, 1)));
+    }
+
+    /// `out[t · rows + r] = W[r] · x[t]` for every row `t` of `x` (`x.rows` rows; `out` is
+    /// `x.rows` rows of the matrix's `rows` outputs): one pass over the weights for the whole
+    /// batch, rows split across the threads on [`ROW_TILE`] boundaries as for one token. A
+    /// token's outputs are bit for bit what [`Backend::matvec`] gives it alone, on every path.
+    pub fn matmul(&self, m: Matrix, out: &mut [f32], w: MatRef, x: GemvInput) {
+        let n = x.rows;
+        if n == 1 {
+            return self.matvec(m, out, w, x);
+        }
+        let (cols, rows) = (x.x.len() / n, out.len() / n);
+        assert!(
+            x.x.len() == n * cols && out.len() == n * rows,
+            "matmul: inputs or outputs are not whole rows"
+        );
+        let q8 = || x.q8.expect("a quantised matrix needs a quantised input");
+        let token = |t: usize| {
+            let q = q8();
+            let per = cols / q.group;
+            Q8Ref {
+                q: &q.q[t * cols..(t + 1) * cols],
+                scales: &q.scales[t * per..(t + 1) * per],
+                group: q.group,
+            }
+        };
+        let ld = rows;
+        let out = SyncPtr(out.as_mut_ptr());
+        // SAFETY (every arm): shares are disjoint row ranges, so `t * ld + r` for a share's
+        // rows `r` and every token `t` is written by that share alone, inside `out`.
+        match w {
+            MatRef::F32(w) => self.for_row_shares(rows, &|r| unsafe {
+                let w = &w[r.start * cols..r.end * cols];
+                self.gemm_rows(m, w, x.x, cols, out.get().add(r.start), ld)
+            }),
+            MatRef::Q8(w) => self.for_row_shares(rows, &|r| {
+                for_blocks_and_tokens(r, n, &|b, t| unsafe {
+                    let o =
+                        std::slice::from_raw_parts_mut(out.get().add(t * ld + b.start), b.len());
+                    self.q8.matmul(o, w.rows(b, cols), token(t))
+                })
+            }),
+            MatRef::Q4(w) => self.for_row_shares(rows, &|r| {
+                for_blocks_and_tokens(r, n, &|b, t| unsafe {
+                    let o =
+                        std::slice::from_raw_parts_mut(out.get().add(t * ld + b.start), b.len());
+                    self.q4.matmul(o, w.rows(b, cols), token(t))
+                })
+            }),
+            MatRef::Q8Tiled(w) => {
+                let kernel = self
+                    .int8
+                    .and_then(|k| k.q8(rows, cols, w.group))
+                    .expect(TILED_KERNEL);
+                let xt = x.tiled.expect(TILED_INPUT);
+                let inputs = generated::TiledInputs {
+                    q: xt.q,
+                    scales: q8().scales,
+                    corr: xt.corr,
+                };
+                self.for_row_shares(rows, &|r| unsafe {
+                    let w = w.rows(r.clone(), cols);
+                    kernel.run_batch(w.q, w.scales, inputs, out.get().add(r.start), ld)
+                })
+            }
+            MatRef::Q4Tiled(w) => {
+                let kernel = self
+                    .int8
+                    .and_then(|k| k.q4(rows, cols, w.group))
+                    .expect(TILED_KERNEL);
+                let xt = x.tiled.expect(TILED_INPUT);
+                let inputs = generated::TiledInputs {
+                    q: xt.q,
+                    scales: q8().scales,
+                    corr: xt.corr,
+                };
+                self.for_row_shares(rows, &|r| unsafe {
+                    let w = w.rows(r.clone(), cols);
+                    kernel.run_batch(w.q, w.scales, inputs, out.get().add(r.start), ld)
+                })
+            }
+        }
+    }
+
+    /// Calls `f(rows)` for each thread's share of `0..rows` (on [`ROW_TILE`] boundaries), or
+    /// once with all rows when one thread does all or the matrix is small.
+    fn for_row_shares(&self, rows: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        let shares = self.pool.threads();
+        if shares == 1 || rows < MIN_PARALLEL_ROWS {
+            return f(0..rows);
+        }
+        self.pool.run(&|i| f(share(rows, shares, i, ROW_TILE)));
+    }
+
+    /// The f32 batched product of rows `w` (`cols` columns each) and every row of `x`, written
+    /// at `out[t * ld + r]`.
+    ///
+    /// # Safety
+    /// `out` must be valid for those writes and not written by anyone else meanwhile.
+    unsafe fn gemm_rows(
+        &self,
+        m: Matrix,
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        out: *mut f32,
+        ld: usize,
+    ) {
+        match &self.kernels {
+            Kernels::Generic(k) => {
+                for_blocks_and_tokens(0..w.len() / cols, x.len() / cols, &|b, t| {
+                    // SAFETY: the caller's contract covers every token's rows of this block.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(out.add(t * ld + b.start), b.len())
+                    };
+                    k.matmul(
+                        o,
+                        &w[b.start * cols..b.end * cols],
+                        &x[t * cols..(t + 1) * cols],
+                    )
+                })
+            }
+            Kernels::Specialised(k) => {
+                use generated::{DIM, HIDDEN_DIM, KV_DIM, VOCAB_SIZE};
+                // SAFETY: the caller's contract.
+                unsafe {
+                    match m {
+                        Matrix::Q | Matrix::O => typed_gemm::<DIM, DIM>(k, w, x, out, ld),
+                        Matrix::K | Matrix::V => typed_gemm::<KV_DIM, DIM>(k, w, x, out, ld),
+                        Matrix::W1 | Matrix::W3 => typed_gemm::<HIDDEN_DIM, DIM>(k, w, x, out, ld),
+                        Matrix::W2 => typed_gemm::<DIM, HIDDEN_DIM>(k, w, x, out, ld),
+                        Matrix::Classifier => typed_gemm::<VOCAB_SIZE, DIM>(k, w, x, out, ld),
+                    }
+                }
+            }
+        }
     }
 
     /// `out = W · x`, `W` being `out.len()` rows of `x.len()` columns.
@@ -477,6 +614,46 @@ fn typed<const R: usize, const C: usize>(
     ) {
         (Ok(w), Ok(out)) => k.gemv(w, x, out),
         _ => k.gemv_rows(rows, x, out),
+    }
+}
+
+/// The batched product through the `Gemm` of shape `R × C`.
+///
+/// # Safety
+/// As [`generated::Gemv::gemm_rows`].
+#[inline]
+unsafe fn typed_gemm<const R: usize, const C: usize>(
+    k: &impl Gemv<R, C>,
+    w: &[f32],
+    x: &[f32],
+    out: *mut f32,
+    ld: usize,
+) {
+    let (w, rest) = w.as_chunks::<C>();
+    let (x, rest_x) = x.as_chunks::<C>();
+    assert!(
+        rest.is_empty() && rest_x.is_empty() && w.len() <= R,
+        "{SHAPE_INVARIANT}"
+    );
+    // SAFETY: the caller's contract.
+    unsafe { k.gemm_rows(w, x, out, ld) }
+}
+
+/// Rows per block in the runtime-shape batched products: a block's weights stay in cache while
+/// every token passes over them.
+const BATCH_BLOCK_ROWS: usize = 16;
+
+/// Calls `f(block, token)` for blocks of [`BATCH_BLOCK_ROWS`] rows of `rows` (outside) and every
+/// token (inside): the runtime-shape kernels' batched product, which reads each weight from
+/// memory once and computes every output exactly as the single-token kernel does.
+fn for_blocks_and_tokens(rows: Range<usize>, tokens: usize, f: &dyn Fn(Range<usize>, usize)) {
+    let mut start = rows.start;
+    while start < rows.end {
+        let end = (start + BATCH_BLOCK_ROWS).min(rows.end);
+        for t in 0..tokens {
+            f(start..end, t);
+        }
+        start = end;
     }
 }
 

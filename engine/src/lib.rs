@@ -16,6 +16,7 @@ pub mod forward;
 pub mod fp16;
 pub mod generate;
 pub mod kernels;
+pub mod kv;
 pub mod model;
 pub mod pool;
 pub mod quant;

@@ -260,12 +260,15 @@ fn quantize_with(
     }
 }
 
-/// What a GEMV multiplies its matrix by: the f32 vector, and for Q8_0 models its
-/// quantised copy (made once per input, shared by every matrix that reads it).
+/// What a GEMV (one row) or a batched product (several rows) multiplies its matrix by: the f32
+/// rows, and for quantised models their quantised copy (made once per input, shared by every
+/// matrix that reads it).
 #[derive(Debug, Clone, Copy)]
 pub struct GemvInput<'a> {
-    /// The input in f32.
+    /// The input rows in f32, one after another.
     pub x: &'a [f32],
+    /// How many rows `x` holds.
+    pub rows: usize,
     /// The input quantised with the model's group size (Q8_0 models only).
     pub q8: Option<Q8Ref<'a>>,
     /// `q8` in the tiled block order, when the model has tiled matrices and the input is a
@@ -334,13 +337,16 @@ impl InputQuantizer {
         self.corr = vec![0; self.q.len() / 4];
     }
 
-    /// `x` as a GEMV input: for Q8_0, quantised (activation rounding) into the buffer.
+    /// `x`, `rows` rows one after another, as a GEMV or batched input: for Q8_0 and Q4_0,
+    /// quantised (activation rounding) into the buffer. A group never straddles two rows (it
+    /// divides the row length), so quantising the rows together is quantising each alone.
     /// Allocates nothing.
     #[inline]
-    pub fn input<'a>(&'a mut self, x: &'a [f32]) -> GemvInput<'a> {
+    pub fn input<'a>(&'a mut self, x: &'a [f32], rows: usize) -> GemvInput<'a> {
         let Some(group) = self.group else {
             return GemvInput {
                 x,
+                rows,
                 q8: None,
                 tiled: None,
             };
@@ -348,7 +354,8 @@ impl InputQuantizer {
         let q = &mut self.q.as_i8_mut()[..x.len()];
         let scales = &mut self.scales[..x.len() / group];
         self.kernels.quantize_activations(x, group, q, scales);
-        let tiled = (self.tiled && x.len().is_multiple_of(model_config::tiled::BLOCK)).then(|| {
+        let row = x.len() / rows.max(1);
+        let tiled = (self.tiled && row.is_multiple_of(model_config::tiled::BLOCK)).then(|| {
             let tq = &mut self.tiled_q.as_i8_mut()[..x.len()];
             model_config::tiled::tile_input_with(q, &self.positions, tq);
             let offset = if self.q4 {
@@ -362,6 +369,7 @@ impl InputQuantizer {
         });
         GemvInput {
             x,
+            rows,
             q8: Some(Q8Ref { q, scales, group }),
             tiled,
         }
@@ -774,10 +782,10 @@ mod tests {
     fn input_quantizer_is_a_no_op_for_f32() {
         let mut f = InputQuantizer::new(WeightFormat::F32, 100);
         let x = [1.0f32; 8];
-        assert!(f.input(&x).q8.is_none());
+        assert!(f.input(&x, 1).q8.is_none());
         let mut q = InputQuantizer::new(WeightFormat::Q8_0 { group_size: 4 }, 16);
         let x = [254.0, -100.0, 50.0, 0.0, 3.0, 3.0, 3.0, -3.0];
-        let got = q.input(&x).q8.unwrap();
+        let got = q.input(&x, 1).q8.unwrap();
         assert_eq!(got.q, [127, -50, 25, 0, 127, 127, 127, -127]);
         assert_eq!(got.scales, [2.0, 3.0 / 127.0]);
         assert_eq!(got.q.as_ptr() as usize % 64, 0);

@@ -11,6 +11,7 @@ use engine::kernels::q8::{Q8Isa, Q8Kernels};
 use engine::kernels::Isa;
 use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
 use engine::sampler::{Sampler, SamplerConfig};
+use engine::session::SessionOptions;
 use engine::state::KvCacheType;
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat};
@@ -141,7 +142,18 @@ fn decode_steps_do_not_allocate() {
     for ((m, backend), kv) in runs {
         let what = format!("{}, {kv} KV cache", backend.describe());
         let vocab = m.config().vocab_size;
-        let mut session = Session::with_kv_cache(m, backend, kv);
+        // Batches of 5: a 7-token prompt is a chunk of 5 and one of 2.
+        let options = SessionOptions {
+            kv_cache: kv,
+            batch: 5,
+            ..SessionOptions::default()
+        };
+        let mut session = Session::with_options(m, backend, options);
+        let prompt: Vec<u32> = (0..7).map(|i| (1 + 3 * i) % vocab as u32).collect();
+        let n = allocations_during(|| {
+            session.prefill(&prompt).unwrap();
+        });
+        assert_eq!(n, 0, "{what}: {n} allocations in a batched prompt");
         let mut sampler = Sampler::new(
             vocab,
             SamplerConfig {
@@ -152,7 +164,7 @@ fn decode_steps_do_not_allocate() {
             },
         );
         let mut token = 1u32;
-        let steps = m.config().seq_len.min(24);
+        let steps = (m.config().seq_len - prompt.len()).min(24);
         let n = allocations_during(|| {
             for _ in 0..steps {
                 let logits = session.step(token).unwrap();
