@@ -15,6 +15,13 @@
 //! length limit is reached; then the running hypotheses are scored too (without an end token)
 //! and the best hypothesis overall is the answer.
 
+use std::time::{Duration, Instant};
+
+use crate::forward::Row;
+use crate::generate::GenerateError;
+use crate::kv::KvError;
+use crate::session::{Session, SessionOptions, StepError};
+
 /// One hypothesis: the generated tokens (after the prompt) and their summed log-probability.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hypothesis {
@@ -210,6 +217,143 @@ impl BeamSearch {
         all.sort_by(|a, b| b.score.total_cmp(&a.score));
         all
     }
+}
+
+/// What [`beam_search`] is asked for.
+#[derive(Debug, Clone)]
+pub struct BeamOptions {
+    /// Hypotheses kept (`num_beams`).
+    pub beams: usize,
+    /// `score = Σ log p / generated^length_penalty`.
+    pub length_penalty: f32,
+    /// The most tokens generated per hypothesis.
+    pub max_new: usize,
+    /// Tokens that end a hypothesis.
+    pub eos: Vec<u32>,
+}
+
+/// The session options a beam search of `beams` over a prompt of `prompt` tokens and
+/// `max_new` new ones needs: a batch of at least `beams` rows with logits for each, and cache
+/// room for twice as many sequences (forks exist before their childless parents are freed)
+/// over the shared prompt plus every hypothesis's own positions.
+pub fn session_options(
+    base: SessionOptions,
+    beams: usize,
+    prompt: usize,
+    max_new: usize,
+) -> SessionOptions {
+    SessionOptions {
+        batch: base.batch.max(beams),
+        logit_rows: base.logit_rows.max(beams),
+        sequences: 2 * beams,
+        positions: Some(prompt + 2 * beams * (max_new + 2 * crate::kv::BLOCK)),
+        ..base
+    }
+}
+
+/// Timings of a [`beam_search`].
+#[derive(Debug, Clone, Default)]
+pub struct BeamStats {
+    /// The prompt's forward pass (to the first logits).
+    pub prompt: Duration,
+    /// Each step: the search's choice, the cache forks and one batched forward over every
+    /// running hypothesis.
+    pub steps: Vec<Duration>,
+}
+
+/// Beam search from `prompt` on the session's own sequence (which it leaves holding the prompt
+/// only): the prompt is run once; every step is one batched forward over all running
+/// hypotheses, whose KV caches are forks sharing the prompt and their common prefixes. Returns
+/// every kept hypothesis, best first.
+pub fn beam_search(
+    session: &mut Session,
+    prompt: &[u32],
+    options: &BeamOptions,
+    stats: &mut BeamStats,
+) -> Result<Vec<Hypothesis>, GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let cfg = session.model().config();
+    let (seq_len, vocab) = (cfg.seq_len, cfg.vocab_size);
+    let start_pos = session.pos();
+    if start_pos + prompt.len() > seq_len {
+        return Err(GenerateError::PromptTooLong {
+            len: prompt.len(),
+            seq_len,
+        });
+    }
+    let max_new = options.max_new.min(seq_len + 1 - start_pos - prompt.len());
+    let mut search = BeamSearch::new(options.beams, options.length_penalty, &options.eos);
+    let t = Instant::now();
+    let root = session.sequence();
+    let first = session.prefill(prompt)?.to_vec();
+    stats.prompt = t.elapsed();
+    if !first.iter().all(|v| v.is_finite()) {
+        return Err(GenerateError::NonFinite {
+            pos: start_pos + prompt.len() - 1,
+        });
+    }
+    // The root keeps the prompt for the caller; the hypotheses run on forks of it.
+    let mut seqs = vec![session.kv_mut().fork(root).map_err(kv_error)?];
+    let mut logits = first;
+    let mut rows = Vec::with_capacity(options.beams);
+    let mut next_seqs = Vec::with_capacity(options.beams);
+    for step in 0..max_new {
+        let t = Instant::now();
+        let refs: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+        let continuations = search.step(&refs);
+        if continuations.is_empty() || step + 1 == max_new {
+            stats.steps.push(t.elapsed());
+            break;
+        }
+        // The first child of a hypothesis takes over its sequence; others fork it; a
+        // hypothesis without children is freed (after the forks, which may share its blocks).
+        let kv = session.kv_mut();
+        let mut taken = vec![false; seqs.len()];
+        next_seqs.clear();
+        for c in &continuations {
+            let seq = if taken[c.parent] {
+                kv.fork(seqs[c.parent]).map_err(kv_error)?
+            } else {
+                taken[c.parent] = true;
+                seqs[c.parent]
+            };
+            next_seqs.push(seq);
+        }
+        for (i, &seq) in seqs.iter().enumerate() {
+            if !taken[i] {
+                kv.free(seq);
+            }
+        }
+        let pos = start_pos + prompt.len() + step;
+        rows.clear();
+        for (c, &seq) in continuations.iter().zip(&next_seqs) {
+            kv.append(seq, 1).map_err(kv_error)?;
+            rows.push(Row {
+                seq,
+                token: c.token,
+                pos,
+                logits: true,
+            });
+        }
+        std::mem::swap(&mut seqs, &mut next_seqs);
+        let out = session.forward_rows(&rows)?;
+        if !out.iter().all(|v| v.is_finite()) {
+            return Err(GenerateError::NonFinite { pos });
+        }
+        logits.clear();
+        logits.extend_from_slice(out);
+        stats.steps.push(t.elapsed());
+    }
+    for seq in seqs {
+        session.kv_mut().free(seq);
+    }
+    Ok(search.finish())
+}
+
+fn kv_error(e: KvError) -> GenerateError {
+    GenerateError::Step(StepError::Cache(e))
 }
 
 #[cfg(test)]

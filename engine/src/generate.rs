@@ -100,20 +100,18 @@ pub fn generate(
         });
     }
     let start = Instant::now();
-    for &t in feed {
-        session.step(t)?;
-    }
     let mut stats = GenerationStats {
         prompt_tokens: prompt.len(),
         generated: 0,
         time_to_first_token: Duration::ZERO,
         total: Duration::ZERO,
     };
+    // The prompt goes through the batched path; its last row's logits give the first token.
+    let mut t0 = Instant::now();
+    let mut pos = session.pos() + feed.len();
+    let mut logits = session.prefill(prompt)?;
     let mut token = last;
     while stats.generated < steps {
-        let t0 = Instant::now();
-        let pos = session.pos();
-        let logits = session.step(token)?;
         if !logits.iter().all(|v| v.is_finite()) {
             return Err(GenerateError::NonFinite { pos });
         }
@@ -132,6 +130,12 @@ pub fn generate(
             latency,
         });
         token = next;
+        if stats.generated == steps {
+            break;
+        }
+        t0 = Instant::now();
+        pos = session.pos();
+        logits = session.step(token)?;
     }
     stats.total = start.elapsed();
     Ok(stats)

@@ -17,6 +17,9 @@ pub enum StepError {
         /// The model's context length.
         seq_len: usize,
     },
+    /// The KV cache refused (full, or too many sequences).
+    #[error(transparent)]
+    Cache(#[from] crate::kv::KvError),
     /// Nothing to feed.
     #[error("no tokens to feed")]
     Empty,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use engine::beam::{self, BeamOptions, BeamStats};
 use engine::generate::{generate, max_steps, BOS};
 use engine::sampler::{Sampler, SamplerConfig};
 use engine::tokenizer::{Tokenizer, Utf8Stream};
@@ -40,6 +41,16 @@ pub struct GenerateArgs {
     /// Print the generated token ids (space-separated, BOS excluded) instead of text.
     #[arg(long)]
     ids: bool,
+    /// Beam search with this many hypotheses instead of sampling (Hugging Face's num_beams):
+    /// each step is one batched forward over all of them. Prints the best hypothesis.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    beam: Option<u16>,
+    /// Beam search: a hypothesis scores Σ log p / length^A (A > 0 favours longer ones).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f32,
+    /// Beam search: print every kept hypothesis with its score as one JSON object.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     run: super::RunOpts,
 }
@@ -101,10 +112,24 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     } else {
         a.steps
     };
+    if let Some(beams) = a.beam {
+        return run_beam(
+            &a,
+            &model,
+            backend,
+            &prompt,
+            steps,
+            beams.into(),
+            tokenizer.as_ref(),
+        );
+    }
+    if a.json {
+        anyhow::bail!("--json is for beam search (--beam B); sampling streams text or --ids");
+    }
     let mut sampler = Sampler::new(cfg.vocab_size, sampler_cfg);
 
     let describe = backend.describe();
-    let mut session = Session::with_kv_cache(&model, backend, a.run.kv_cache);
+    let mut session = Session::with_options(&model, backend, a.run.session_options());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut text = String::new();
@@ -149,6 +174,86 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         stats.tokens_per_second(),
         stats.prompt_tokens,
         stats.time_to_first_token.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// `generate --beam B`: the best hypothesis as text or ids, or every hypothesis as JSON.
+fn run_beam(
+    a: &GenerateArgs,
+    model: &engine::Model,
+    backend: engine::Backend,
+    prompt: &[u32],
+    steps: usize,
+    beams: usize,
+    tokenizer: Option<&Tokenizer>,
+) -> anyhow::Result<()> {
+    if !a.length_penalty.is_finite() {
+        anyhow::bail!("--length-penalty must be a finite number");
+    }
+    let options = BeamOptions {
+        beams,
+        length_penalty: a.length_penalty,
+        max_new: steps,
+        // llama2.c's run.c ends generation when the model emits BOS.
+        eos: vec![BOS],
+    };
+    let describe = backend.describe();
+    let sizing = beam::session_options(a.run.session_options(), beams, prompt.len(), steps);
+    let mut session = Session::with_options(model, backend, sizing);
+    let mut stats = BeamStats::default();
+    let hyps = beam::beam_search(&mut session, prompt, &options, &mut stats)?;
+    let text_of = |ids: &[u32]| -> Option<String> {
+        let t = tokenizer?;
+        let mut text = String::new();
+        let mut utf8 = Utf8Stream::default();
+        let all: Vec<u32> = prompt.iter().chain(ids).copied().collect();
+        for w in all.windows(2) {
+            utf8.push(t.decode_piece(w[0], w[1]), &mut text);
+        }
+        utf8.finish(&mut text);
+        Some(text)
+    };
+    if a.json {
+        let list: Vec<serde_json::Value> = hyps
+            .iter()
+            .map(|h| {
+                serde_json::json!({
+                    "ids": h.tokens,
+                    "text": text_of(&h.tokens),
+                    "score": h.score,
+                    "log_prob": h.log_prob,
+                    "finished": h.finished,
+                })
+            })
+            .collect();
+        let j = serde_json::json!({
+            "beams": beams,
+            "length_penalty": a.length_penalty,
+            "prompt_ids": prompt,
+            "hypotheses": list,
+        });
+        println!("{j}");
+    } else if let Some(best) = hyps.first() {
+        match (text_of(&best.tokens), a.ids) {
+            (Some(text), false) => println!("{text}"),
+            _ => println!(
+                "{}",
+                best.tokens
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        }
+    }
+    let steps_ms: f64 = stats.steps.iter().map(|d| d.as_secs_f64() * 1e3).sum();
+    eprintln!(
+        "beam search: {beams} hypotheses, {} steps in {steps_ms:.1} ms ({:.2} ms per step), prompt of {} tokens in {:.1} ms; {describe}",
+        stats.steps.len(),
+        steps_ms / stats.steps.len().max(1) as f64,
+        prompt.len(),
+        stats.prompt.as_secs_f64() * 1e3
     );
     Ok(())
 }

@@ -67,9 +67,26 @@ pub struct RunOpts {
     /// `eval` applies it to the candidate only.
     #[arg(long, value_name = "f32|f16", default_value = "f32")]
     pub kv_cache: KvCacheType,
+    /// Prompt tokens per forward pass: each weight is read once per chunk of this many tokens
+    /// (default 64, chosen by measurement; docs/PERFORMANCE.md). 1 feeds the prompt token by
+    /// token. The logits do not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub batch: Option<u16>,
 }
 
 impl RunOpts {
+    /// The session sizing these options ask for.
+    pub fn session_options(&self) -> engine::session::SessionOptions {
+        let mut o = engine::session::SessionOptions {
+            kv_cache: self.kv_cache,
+            ..Default::default()
+        };
+        if let Some(b) = self.batch {
+            o.batch = b.into();
+        }
+        o
+    }
+
     /// Opens the model and picks its kernels.
     pub fn load(&self, path: &std::path::Path) -> anyhow::Result<(Model, Backend)> {
         let realign = if self.zero_copy {
