@@ -233,20 +233,24 @@ pub struct BeamOptions {
 }
 
 /// The session options a beam search of `beams` over a prompt of `prompt` tokens and
-/// `max_new` new ones needs: a batch of at least `beams` rows with logits for each, and cache
-/// room for twice as many sequences (forks exist before their childless parents are freed)
-/// over the shared prompt plus every hypothesis's own positions.
+/// `max_new` new ones needs, on a model with context `seq_len`: a batch of at least `beams` rows
+/// with logits for each, and cache room for twice as many sequences (forks exist before their
+/// childless parents are freed) over the shared prompt plus every hypothesis's own positions
+/// (and at least one whole context, for the session's own sequence).
 pub fn session_options(
     base: SessionOptions,
+    seq_len: usize,
     beams: usize,
     prompt: usize,
     max_new: usize,
 ) -> SessionOptions {
+    let beams = beams.max(1);
+    let needed = prompt + 2 * beams * (max_new + 2 * crate::kv::BLOCK);
     SessionOptions {
         batch: base.batch.max(beams),
         logit_rows: base.logit_rows.max(beams),
-        sequences: 2 * beams,
-        positions: Some(prompt + 2 * beams * (max_new + 2 * crate::kv::BLOCK)),
+        sequences: base.sequences.max(2 * beams),
+        positions: Some(needed.max(base.positions.unwrap_or(seq_len))),
         ..base
     }
 }

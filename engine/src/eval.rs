@@ -41,13 +41,17 @@ pub enum EvalError {
 }
 
 /// Runs `steps` positions of `reference`'s greedy continuation of BOS through both sessions
-/// (from their current position, normally 0) and compares the distributions.
+/// (from their current position, normally 0) and compares the distributions. The reference
+/// decodes token by token (its own argmax is the next input); the candidate is fed the same
+/// tokens teacher-forced, in batched chunks of its session's batch, as many at a time as the
+/// reference has produced.
 pub fn compare(
     reference: &mut Session,
     candidate: &mut Session,
     steps: usize,
 ) -> Result<Comparison, EvalError> {
-    let mut token = BOS;
+    let vocab = reference.model().config().vocab_size;
+    let chunk = candidate.batch().max(1);
     let mut out = Comparison {
         positions: steps,
         agreement: steps,
@@ -56,26 +60,53 @@ pub fn compare(
         max_kl: (0.0, 0),
     };
     let mut kl_sum = 0.0;
-    for pos in 0..steps {
-        let p = reference.step(token)?;
-        let q = candidate.step(token)?;
-        for (which, l) in [("reference", &*p), ("candidate", &*q)] {
+    let mut token = BOS;
+    let mut fed = Vec::with_capacity(chunk);
+    let mut ref_logits = Vec::with_capacity(chunk * vocab);
+    let mut pos = 0;
+    while pos < steps {
+        // The reference's next chunk of greedy positions.
+        fed.clear();
+        ref_logits.clear();
+        for p in pos..(pos + chunk).min(steps) {
+            let l = reference.step(token)?;
             if !l.iter().all(|v| v.is_finite()) {
-                return Err(EvalError::NonFinite { which, pos });
+                return Err(EvalError::NonFinite {
+                    which: "reference",
+                    pos: p,
+                });
             }
+            fed.push(token);
+            ref_logits.extend_from_slice(l);
+            token = argmax(l);
         }
-        let kl = kl_divergence(p, q);
-        kl_sum += kl;
-        if kl > out.max_kl.0 {
-            out.max_kl = (kl, pos);
+        // The candidate, teacher-forced over the same chunk.
+        let mut bad = None;
+        candidate.forced(&fed, |i, q| {
+            let p = &ref_logits[i * vocab..(i + 1) * vocab];
+            let at = pos + i;
+            if !q.iter().all(|v| v.is_finite()) {
+                bad.get_or_insert(at);
+                return;
+            }
+            let kl = kl_divergence(p, q);
+            kl_sum += kl;
+            if kl > out.max_kl.0 {
+                out.max_kl = (kl, at);
+            }
+            if argmax(p) == argmax(q) {
+                out.argmax_matches += 1;
+            } else if out.agreement == steps {
+                out.agreement = at;
+            }
+        })?;
+        if let Some(pos) = bad {
+            return Err(EvalError::NonFinite {
+                which: "candidate",
+                pos,
+            });
         }
-        let (a, b) = (argmax(p), argmax(q));
-        if a == b {
-            out.argmax_matches += 1;
-        } else if out.agreement == steps {
-            out.agreement = pos;
-        }
-        token = a;
+        pos += fed.len();
     }
     out.mean_kl = if steps > 0 {
         kl_sum / steps as f64

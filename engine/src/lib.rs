@@ -9,6 +9,7 @@ pub mod aligned;
 pub mod backend;
 pub mod bandwidth;
 pub mod beam;
+pub mod compute;
 pub mod error;
 pub mod eval;
 pub mod fixtures;

@@ -255,6 +255,52 @@ impl<'m> Session<'m> {
         Ok(&mut self.state.logits[logits])
     }
 
+    /// Feeds `tokens` at the next positions (teacher forcing) in batched chunks and calls
+    /// `each(i, logits)` with the next-token logits after every token `i`. Chunks are as long as
+    /// the session's batch and logit rows allow.
+    pub fn forced(
+        &mut self,
+        tokens: &[u32],
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<(), StepError> {
+        let start = self.pos();
+        for (i, &t) in tokens.iter().enumerate() {
+            self.check(t, start + i)?;
+        }
+        let chunk = self.state.rows.min(self.state.logit_rows);
+        let vocab = self.model.config().vocab_size;
+        let cfg = self.model.config();
+        for (c, part) in tokens.chunks(chunk).enumerate() {
+            self.kv
+                .append(self.seq, part.len())
+                .map_err(|_| StepError::ContextFull {
+                    seq_len: cfg.seq_len,
+                })?;
+            self.rows.clear();
+            let first = c * chunk;
+            self.rows
+                .extend(part.iter().enumerate().map(|(i, &token)| Row {
+                    seq: self.seq,
+                    token,
+                    pos: start + first + i,
+                    logits: true,
+                }));
+            let logits = forward(
+                &self.backend,
+                cfg,
+                &self.weights,
+                &self.rope,
+                &mut self.state,
+                &mut self.kv,
+                &self.rows,
+            );
+            for (i, l) in logits.chunks_exact(vocab).enumerate() {
+                each(first + i, l);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `rows` of any sequences of this session's cache (each row's position already
     /// claimed with [`KvCache::append`]) and returns the logits of the rows that ask for them,
     /// in order. At most [`Session::batch`] rows.

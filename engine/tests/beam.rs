@@ -149,7 +149,13 @@ fn compare(
             max_new,
             eos: eos.to_vec(),
         };
-        let sizing = session_options(SessionOptions::default(), beams, prompt.len(), max_new);
+        let sizing = session_options(
+            SessionOptions::default(),
+            model.config().seq_len,
+            beams,
+            prompt.len(),
+            max_new,
+        );
         let backend = Backend::generic(None).unwrap().with_threads(threads);
         let mut session = Session::with_options(model, backend, sizing);
         let mut stats = BeamStats::default();

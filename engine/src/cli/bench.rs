@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use engine::backend::compiled_config;
 use engine::bandwidth::{self, percentiles};
+use engine::beam::{self, BeamOptions, BeamStats};
 use engine::sampler::argmax;
 use engine::Session;
 use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig};
@@ -34,6 +35,14 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
+    /// Prompt processing: tokens of a prompt run through the batched path (pp, as llama-bench's
+    /// pp128), timed from an empty cache; the median of 3 runs after one untimed. 0 skips it.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Also time beam search with this many hypotheses and report a beam step's cost relative
+    /// to a greedy step at the same positions.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..=64))]
+    beam: Option<u16>,
     #[command(flatten)]
     run: super::RunOpts,
 }
@@ -102,6 +111,26 @@ fn last_level_cache_bytes() -> usize {
     }
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Multiply-adds per token of a prompt of `n` tokens: every matrix but the classifier (computed
+/// once, for the last token), plus the attention's scores and weighted sums (on average over
+/// `(n + 1) / 2` positions).
+fn prompt_macs_per_token(c: &ModelConfig, n: usize) -> f64 {
+    let (d, h, kv) = (c.dim as f64, c.hidden_dim as f64, c.kv_dim() as f64);
+    let matrices = 2.0 * d * d + 2.0 * kv * d + 3.0 * d * h;
+    let attention = 2.0 * d * (n as f64 + 1.0) / 2.0;
+    c.n_layers as f64 * (matrices + attention) + c.vocab_size as f64 * d / n.max(1) as f64
+}
+
 /// Runs `bench`.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.tokens == 0 {
@@ -133,7 +162,38 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let bw = bandwidth::measure(probe_bytes, 8, isa, threads);
 
     let kv_cache = a.run.kv_cache;
-    let mut session = Session::with_kv_cache(&model, backend, kv_cache);
+    let options = a.run.session_options();
+    let beams = a.beam.map_or(0, usize::from);
+    let beam_steps = if beams > 0 { tokens.min(64) } else { 0 };
+    let mut session = Session::with_options(
+        &model,
+        backend,
+        beam::session_options(options, cfg.seq_len, beams, 1, beam_steps),
+    );
+
+    // Prompt processing: a prompt of fixed pseudo-random tokens, like llama-bench's.
+    let prompt_tokens = a.prompt_tokens.min(cfg.seq_len);
+    let prompt: Vec<u32> = {
+        let mut rng = engine::rng::Rng::new(0x9e37);
+        (0..prompt_tokens)
+            .map(|_| rng.below(cfg.vocab_size) as u32)
+            .collect()
+    };
+    let mut pp_ms = Vec::new();
+    let mut ttft_ms = Vec::new();
+    for run in 0..if prompt.is_empty() { 0 } else { 4 } {
+        session.reset();
+        let t = Instant::now();
+        let first = argmax(session.prefill(&prompt)?);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        std::hint::black_box(first);
+        if run > 0 {
+            pp_ms.push(ms);
+            ttft_ms.push(ms);
+        }
+    }
+    session.reset();
+
     let mut token = engine::generate::BOS;
     for _ in 0..a.warmup.min(cfg.seq_len) {
         token = argmax(session.step(token)?);
@@ -158,14 +218,46 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     std::hint::black_box(token);
+    session.reset();
+
+    // Beam search from BOS: every step one batched forward over all hypotheses (no end token,
+    // so all steps run), against the greedy steps at the same positions.
+    let beam_result = if beams > 0 {
+        let options = BeamOptions {
+            beams,
+            length_penalty: 1.0,
+            max_new: beam_steps,
+            eos: Vec::new(),
+        };
+        let mut stats = BeamStats::default();
+        beam::beam_search(&mut session, &[engine::generate::BOS], &options, &mut stats)?;
+        session.reset();
+        let step_ms: Vec<f64> = stats.steps.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let beam_p50 = median(&step_ms);
+        let greedy_p50 = median(&lat_ms[..step_ms.len().min(lat_ms.len())]);
+        Some((beam_p50, greedy_p50, step_ms.len()))
+    } else {
+        None
+    };
+    let compute = engine::compute::measure(isa, threads);
 
     let p = percentiles(&lat_ms);
     let tps = tokens as f64 / wall;
     let bytes_per_token = cfg.weight_bytes_per_token();
     let achieved = bytes_per_token as f64 * tps / 1e9;
     let roofline = achieved / bw.best_gbs;
-    let ttft = lat_ms[0];
     let format = model.format().to_string();
+    let pp = (!pp_ms.is_empty()).then(|| {
+        let ms = median(&pp_ms);
+        let tps = prompt.len() as f64 / (ms / 1e3);
+        let flops = 2.0 * prompt_macs_per_token(&cfg, prompt.len()) * tps;
+        (tps, median(&ttft_ms), flops / 1e9)
+    });
+    // The compute roofline of the weights' arithmetic: int8 dot products for Q8_0 / Q4_0.
+    let peak = match cfg.weight_format {
+        model_config::WeightFormat::F32 => compute.f32_gflops,
+        _ => compute.int8_gops.or(compute.f32_gflops),
+    };
 
     if let Some(csv) = &a.csv {
         let mut text = String::from("token_index,latency_us\n");
@@ -186,7 +278,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "config": cfg.name,
             "tokens": tokens,
             "tokens_per_second": tps,
-            "ttft_ms": ttft,
+            "prompt_tokens": prompt.len(),
+            "prompt_tokens_per_second": pp.map(|p| p.0),
+            "ttft_ms": pp.map(|p| p.1),
+            "prompt_gops": pp.map(|p| p.2),
+            "compute_peak_gops": peak,
+            "compute_fraction": pp.zip(peak).map(|(p, k)| p.2 / k),
+            "batch": session.batch(),
+            "beam": beams,
+            "beam_step_ms": beam_result.map(|b| b.0),
+            "greedy_step_ms": beam_result.map(|b| b.1),
+            "beam_step_ratio": beam_result.map(|b| b.0 / b.1),
             "p50_ms": p.p50,
             "p90_ms": p.p90,
             "p99_ms": p.p99,
@@ -218,7 +320,24 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         "tokens     {tokens} timed after {} warm-up, greedy from BOS",
         a.warmup
     );
-    println!("speed      {tps:.1} tok/s; first token {ttft:.2} ms");
+    if let Some((pps, ttft, gops)) = pp {
+        let of_peak = match peak {
+            Some(k) => format!("{:.0}% of the measured {k:.0} GOP/s peak", 100.0 * gops / k),
+            None => "no peak measured for this instruction set".into(),
+        };
+        println!(
+            "prompt     pp{} {pps:.1} tok/s in chunks of {}; time to first token {ttft:.1} ms; {gops:.1} GOP/s, {of_peak}",
+            prompt.len(),
+            session.batch()
+        );
+    }
+    println!("decode     tg{tokens} {tps:.1} tok/s");
+    if let Some((b, g, n)) = beam_result {
+        println!(
+            "beam       {beams} hypotheses: a step takes {b:.2} ms against {g:.2} ms for a greedy step ({:.2}×; medians of {n} steps)",
+            b / g
+        );
+    }
     println!(
         "latency    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (p99/p50 {:.2})",
         p.p50,

@@ -55,7 +55,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut rs = Session::new(&reference, rb);
     // The reference keeps llama2.c's f32 cache; `--kv-cache` is part of the candidate, so
     // `--quantized` may name the reference itself to measure the cache type alone.
-    let mut cs = Session::with_kv_cache(&candidate, cb, a.run.kv_cache);
+    let options = a.run.session_options();
+    let candidate_options = engine::session::SessionOptions {
+        logit_rows: options.batch,
+        ..options
+    };
+    let mut cs = Session::with_options(&candidate, cb, candidate_options);
     let (rk, ck) = (rs.backend().describe(), cs.backend().describe());
     let c = compare(&mut rs, &mut cs, steps)?;
     if a.json {

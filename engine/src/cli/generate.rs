@@ -199,7 +199,13 @@ fn run_beam(
         eos: vec![BOS],
     };
     let describe = backend.describe();
-    let sizing = beam::session_options(a.run.session_options(), beams, prompt.len(), steps);
+    let sizing = beam::session_options(
+        a.run.session_options(),
+        model.config().seq_len,
+        beams,
+        prompt.len(),
+        steps,
+    );
     let mut session = Session::with_options(model, backend, sizing);
     let mut stats = BeamStats::default();
     let hyps = beam::beam_search(&mut session, prompt, &options, &mut stats)?;
