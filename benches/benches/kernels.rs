@@ -9,8 +9,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use engine::backend::compiled_config;
-use engine::rng::Rng;
+use engine::base::rng::Rng;
+use engine::runtime::backend::compiled_config;
 use engine::{Backend, Matrix, Model, Realign, Session};
 use model_config::CheckpointFormat;
 
@@ -61,12 +61,12 @@ fn gemv(c: &mut Criterion) {
 /// The Q8_0 and Q4_0 GEMVs of every shape the generator tiled: the generated kernel on the
 /// tiled copy against the runtime-shape kernel on the file's layout, same weights and input.
 fn int8_gemv(c: &mut Criterion) {
+    use engine::format::quant::{quantize_activations, Q4Ref, Q8Ref};
     use engine::kernels::q4::Q4Kernels;
     use engine::kernels::q8::Q8Kernels;
-    use engine::quant::{quantize_activations, Q4Ref, Q8Ref};
     use model_config::tiled;
 
-    let Some(int8) = engine::backend::generated_int8_kernels() else {
+    let Some(int8) = engine::runtime::backend::generated_int8_kernels() else {
         return;
     };
     let (q8, q4) = (Q8Kernels::detect(), Q4Kernels::detect());
@@ -172,7 +172,7 @@ fn decode_step(c: &mut Criterion) {
         cfg.name,
         std::process::id()
     ));
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 0, &path)
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 0, &path)
         .expect("writing the benchmark model");
     let model = Model::open(&path, Realign::Never).expect("opening the benchmark model");
     let mut group = c.benchmark_group("decode_step");

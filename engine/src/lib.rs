@@ -1,34 +1,30 @@
-//! The baremetal inference engine: loads llama2.c checkpoints zero-copy and runs the forward
-//! pass on the kernels generated for the compiled model shape, or on generic runtime-shape ones.
+//! The baremetal inference engine: loads checkpoints zero-copy and runs the forward pass on
+//! the kernels generated for the compiled model shape, or on generic runtime-shape ones.
 //!
-//! Data flow: [`model::Model`] maps a checkpoint and checks its header; [`backend::Backend`]
-//! picks the kernels once; [`session::Session`] owns the run state and calls
-//! [`forward::forward`] per token; [`sampler`] and [`tokenizer`] turn logits into text.
+//! The folders are layers, in data-flow order; each uses only the ones listed before it:
+//!
+//! ```text
+//! base/      aligned buffers, fp16, rng                        (uses nothing)
+//! format/    file → weights: formats, quantised types, writers  (base)
+//! kernels/   runtime-shape kernels per ISA: f32, f16, int8      (format types, base)
+//! runtime/   kernels → forward → logits: backend, KV cache,     (kernels, format, base)
+//!            forward pass, session
+//! text/      tokenizers                                         (base)
+//! decode/    logits → tokens: sampler, generate, beam, eval      (runtime, format, base)
+//! cli/       the `baremetal` commands (in the binary)           (everything)
+//! ```
+//!
+//! The generated kernels (crate `generated`) sit beside `kernels/`: `runtime::backend` picks
+//! between them once per session.
 
-pub mod aligned;
-pub mod backend;
-pub mod bandwidth;
-pub mod beam;
-pub mod compute;
-pub mod error;
-pub mod eval;
+pub mod base;
+pub mod decode;
 pub mod fixtures;
-pub mod forward;
-pub mod fp16;
-pub mod generate;
+pub mod format;
 pub mod kernels;
-pub mod kv;
-pub mod model;
-pub mod pool;
-pub mod quant;
-pub mod rng;
-pub mod sampler;
-pub mod session;
-pub mod state;
-pub mod synth;
-pub mod tokenizer;
+pub mod runtime;
+pub mod text;
 
-pub use backend::{Backend, Matrix};
-pub use error::LoadError;
-pub use model::{MatRef, Model, Realign};
-pub use session::{Session, StepError};
+pub use format::{LoadError, MatRef, Model, Realign};
+pub use runtime::backend::{Backend, Matrix};
+pub use runtime::session::{Session, StepError};

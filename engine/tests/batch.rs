@@ -8,11 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use engine::backend::compiled_config;
-use engine::forward::Row;
-use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
-use engine::rng::Rng;
-use engine::session::SessionOptions;
+use engine::base::rng::Rng;
+use engine::format::quant::{choose_group, QuantFormat};
+use engine::format::writer::{write_q4_checkpoint, write_q8_checkpoint};
+use engine::runtime::backend::compiled_config;
+use engine::runtime::forward::Row;
+use engine::runtime::session::SessionOptions;
 use engine::{Backend, Model, Realign, Session};
 use model_config::CheckpointFormat;
 
@@ -21,13 +22,13 @@ use model_config::CheckpointFormat;
 fn models(dir: &Path) -> Vec<PathBuf> {
     let cfg = compiled_config();
     let f32_path = dir.join("f32.bin");
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 11, &f32_path).unwrap();
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 11, &f32_path).unwrap();
     let f32_model = Model::open(&f32_path, Realign::Never).unwrap();
     let q8 = dir.join("q8.bin");
-    let (g8, _) = choose_group(&cfg, 64).unwrap();
+    let (g8, _) = choose_group(&cfg, QuantFormat::Q8_0, 64).unwrap();
     write_q8_checkpoint(&f32_model, g8, &q8).unwrap();
     let q4 = dir.join("q4.bin");
-    let (g4, _) = choose_q4_group(&cfg, 32).unwrap();
+    let (g4, _) = choose_group(&cfg, QuantFormat::Q4_0, 32).unwrap();
     write_q4_checkpoint(&f32_model, g4, &q4).unwrap();
     vec![f32_path, q8, q4]
 }

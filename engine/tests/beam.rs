@@ -1,12 +1,12 @@
 //! Beam search against a deliberately plain one written here, independently of
-//! `engine::beam`: every hypothesis is re-run from scratch, token by token, in its own session,
+//! `engine::decode::beam`: every hypothesis is re-run from scratch, token by token, in its own session,
 //! and the Hugging Face rules are spelled out step by step. Same ids, same scores.
 
 mod common;
 
 use common::*;
-use engine::beam::{beam_search, session_options, BeamOptions, BeamStats};
-use engine::session::SessionOptions;
+use engine::decode::beam::{beam_search, session_options, BeamOptions, BeamStats};
+use engine::runtime::session::SessionOptions;
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat};
 
@@ -217,7 +217,7 @@ fn beam_search_matches_a_plain_one_on_a_grouped_query_model() {
     ) = (48, 100, 2, 6, 2, 61, 40);
     cfg.validate().unwrap();
     let path = dir.join("gqa.bin");
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 7, &path).unwrap();
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 7, &path).unwrap();
     let model = Model::open(&path, Realign::Never).unwrap();
     compare(&model, &[1, 5, 9], 4, 1.0, 20, &[2]);
     compare(&model, &[3], 5, 0.5, 30, &[7, 8]);

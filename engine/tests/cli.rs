@@ -54,7 +54,7 @@ fn tiny_32k(dir: &Path, seq_len: usize) -> std::path::PathBuf {
     ) = (16, 24, 1, 2, 1, seq_len);
     cfg.validate().unwrap();
     let path = dir.join(format!("tiny32k_{seq_len}.bin"));
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 1, &path).unwrap();
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 1, &path).unwrap();
     path
 }
 
@@ -194,7 +194,7 @@ fn nan_weights_are_reported_not_printed() {
 #[test]
 fn shape_mismatch_names_both_shapes_and_the_rebuild_command() {
     let dir = temp_dir("cli-mismatch");
-    let compiled = engine::backend::compiled_config();
+    let compiled = engine::runtime::backend::compiled_config();
     let mut other = preset("stories15m").unwrap();
     (
         other.dim,
@@ -207,7 +207,7 @@ fn shape_mismatch_names_both_shapes_and_the_rebuild_command() {
     other.vocab_size = 64;
     assert!(!other.same_shape(&compiled));
     let path = dir.join("other.bin");
-    engine::synth::write_checkpoint(&other, CheckpointFormat::V0, 2, &path).unwrap();
+    engine::format::synth::write_checkpoint(&other, CheckpointFormat::V0, 2, &path).unwrap();
     let o = baremetal(&[
         "generate",
         "--ids",

@@ -6,13 +6,14 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use engine::decode::sampler::{Sampler, SamplerConfig};
+use engine::format::quant::{choose_group, QuantFormat};
+use engine::format::writer::{write_q4_checkpoint, write_q8_checkpoint};
 use engine::kernels::q4::Q4Kernels;
 use engine::kernels::q8::{Q8Isa, Q8Kernels};
 use engine::kernels::Isa;
-use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
-use engine::sampler::{Sampler, SamplerConfig};
-use engine::session::SessionOptions;
-use engine::state::KvCacheType;
+use engine::runtime::session::SessionOptions;
+use engine::runtime::state::KvCacheType;
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat};
 
@@ -65,9 +66,9 @@ fn counter_sees_allocations() {
 fn decode_steps_do_not_allocate() {
     let dir = common::temp_dir("noalloc");
     let path = dir.join("model.bin");
-    let compiled = engine::backend::compiled_config();
+    let compiled = engine::runtime::backend::compiled_config();
     // A model of the compiled shape exercises the specialised kernels; a small odd one the generic.
-    engine::synth::write_checkpoint(&compiled, CheckpointFormat::V1, 7, &path).unwrap();
+    engine::format::synth::write_checkpoint(&compiled, CheckpointFormat::V1, 7, &path).unwrap();
     let odd_path = dir.join("odd.bin");
     let mut odd = preset("stories260k").unwrap();
     (
@@ -79,14 +80,19 @@ fn decode_steps_do_not_allocate() {
         odd.seq_len,
     ) = (40, 5, 1, 100, 97, 32);
     odd.validate().unwrap();
-    engine::synth::write_checkpoint(&odd, CheckpointFormat::V0, 8, &odd_path).unwrap();
+    engine::format::synth::write_checkpoint(&odd, CheckpointFormat::V0, 8, &odd_path).unwrap();
 
     let model = Model::open(&path, Realign::Never).unwrap();
     let odd_model = Model::open(&odd_path, Realign::Never).unwrap();
     // Q8_0 versions: the compiled shape with quantize's group, the odd shape with group 20
     // (the per-group loops of the int8 kernels) and group 4 (the packed loops).
     let q8_path = dir.join("q8.bin");
-    write_q8_checkpoint(&model, choose_group(&compiled, 64).unwrap().0, &q8_path).unwrap();
+    write_q8_checkpoint(
+        &model,
+        choose_group(&compiled, QuantFormat::Q8_0, 64).unwrap().0,
+        &q8_path,
+    )
+    .unwrap();
     let q8_model = Model::open(&q8_path, Realign::Never).unwrap();
     let mut odd_q8 = Vec::new();
     for group in [20, 4] {
@@ -97,7 +103,12 @@ fn decode_steps_do_not_allocate() {
     // Q4_0 versions: the compiled shape with quantize's group, the odd shape with group 20
     // (the per-group loops) and group 4 (the packed loops).
     let q4_path = dir.join("q4.bin");
-    write_q4_checkpoint(&model, choose_q4_group(&compiled, 32).unwrap().0, &q4_path).unwrap();
+    write_q4_checkpoint(
+        &model,
+        choose_group(&compiled, QuantFormat::Q4_0, 32).unwrap().0,
+        &q4_path,
+    )
+    .unwrap();
     let q4_model = Model::open(&q4_path, Realign::Never).unwrap();
     let mut odd_q4 = Vec::new();
     for group in [20, 4] {

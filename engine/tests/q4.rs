@@ -7,15 +7,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::quantised::*;
 use common::runq::*;
 use common::*;
-use engine::kernels::q4::{Q4Kernels, Q8Isa};
-use engine::quant::{choose_q4_group, write_q4_checkpoint};
-use engine::rng::Rng;
-use engine::sampler::argmax;
+use engine::decode::sampler::argmax;
+use engine::format::quant::{choose_group, QuantFormat};
+use engine::format::writer::write_q4_checkpoint;
+use engine::kernels::q4::Q4Kernels;
 use engine::{Backend, Model, Realign, Session};
 use model_config::{preset, CheckpointFormat, WeightFormat};
 
@@ -88,79 +89,6 @@ fn export_v3(src: &Model, gs: usize, path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
-fn parse_v3(bytes: &[u8]) -> RefModel {
-    let i32_at = |at: usize| i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    assert_eq!(
-        u32::from_le_bytes(bytes[0..4].try_into().unwrap()),
-        0x616b3432
-    );
-    assert_eq!(i32_at(4), 3);
-    let f: Vec<usize> = (0..7).map(|i| i32_at(8 + 4 * i) as usize).collect();
-    let shared = bytes[36] != 0;
-    let gs = i32_at(37) as usize;
-    let (dim, hidden, layers, heads, kv_heads, vocab, seq_len) =
-        (f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
-    let kv_dim = dim / heads * kv_heads;
-    let mut at = 256;
-    let floats = |n: usize, at: &mut usize| -> Vec<f32> {
-        let v = bytes[*at..*at + 4 * n]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        *at += 4 * n;
-        v
-    };
-    let rms_att = floats(layers * dim, &mut at);
-    let rms_ffn = floats(layers * dim, &mut at);
-    let rms_final = floats(dim, &mut at);
-    // n 4-bit values: n / 2 bytes, element 2i in the low nibble, stored as q + 8.
-    let qt = |n: usize, at: &mut usize| -> QT {
-        let mut q = Vec::with_capacity(n);
-        for &b in &bytes[*at..*at + n / 2] {
-            q.push((b % 16) as i8 - 8);
-            q.push((b / 16) as i8 - 8);
-        }
-        *at += n / 2;
-        QT {
-            q,
-            s: floats(n / gs, at),
-        }
-    };
-    let emb = qt(vocab * dim, &mut at);
-    let per_layer = |n: usize, at: &mut usize| (0..layers).map(|_| qt(n, at)).collect::<Vec<_>>();
-    let wq = per_layer(dim * dim, &mut at);
-    let wk = per_layer(kv_dim * dim, &mut at);
-    let wv = per_layer(kv_dim * dim, &mut at);
-    let wo = per_layer(dim * dim, &mut at);
-    let w1 = per_layer(hidden * dim, &mut at);
-    let w2 = per_layer(dim * hidden, &mut at);
-    let w3 = per_layer(hidden * dim, &mut at);
-    let wcls = (!shared).then(|| qt(vocab * dim, &mut at));
-    assert_eq!(at, bytes.len(), "the v3 file has trailing bytes");
-    RefModel {
-        dim,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        vocab,
-        seq_len,
-        gs,
-        rms_att,
-        rms_ffn,
-        rms_final,
-        emb,
-        wq,
-        wk,
-        wv,
-        wo,
-        w1,
-        w2,
-        w3,
-        wcls,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
@@ -174,159 +102,6 @@ fn baremetal(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn supported_q4() -> Vec<Q4Kernels> {
-    Q8Isa::all()
-        .iter()
-        .filter_map(|&i| Q4Kernels::for_isa(i))
-        .collect()
-}
-
-/// Quantises `src` to Q4_0 with `quantize`'s group policy (from 32) into `path`; returns the
-/// group.
-fn quantize_to(src: &Path, path: &Path) -> usize {
-    let model = Model::open(src, Realign::Never).unwrap();
-    let (group, _) = choose_q4_group(model.config(), 32).unwrap();
-    write_q4_checkpoint(&model, group, path).unwrap();
-    group
-}
-
-/// A synthesised f32 model of stories15M's shape (dim 288, hidden 768: group 32 fits).
-fn synth_15m(dir: &Path) -> PathBuf {
-    let path = dir.join("s15m.bin");
-    engine::synth::write_checkpoint(
-        &preset("stories15m").unwrap(),
-        CheckpointFormat::V1,
-        15,
-        &path,
-    )
-    .unwrap();
-    path
-}
-
-/// Largest |engine logit − reference logit| allowed, as a fraction of the position's largest
-/// |logit|: the Q8_0 test's bound (the activations are int8 in both formats).
-const LOGIT_TOL: f32 = 0.05;
-
-/// The engine against the independent implementation, on every supported Q4 path (plus the
-/// best one on 2 threads, and with the specialised f32 kernels for the norms when the binary
-/// was compiled for this shape).
-///
-/// Exact equality of free-running greedy ids is not a property quantised inference has: activation
-/// quantisation turns a 1-ulp difference in f32 arithmetic (the summation order of RMSNorm and
-/// of the SIMD kernels) into a whole int8 step now and then, which moves logits by a few
-/// hundredths. So the comparison is in two parts:
-/// 1. fed the same tokens (the reference's greedy ids, and random ids, since greedy runs of
-///    random models repeat one token), every logit stays within [`LOGIT_TOL`] of the
-///    reference's, at every position;
-/// 2. free-running greedy ids equal the reference's at every position up to the first one
-///    whose top-2 gap is within twice the noise measured in part 1 (for the synthesised
-///    model: all of them). Beyond a near tie the two runs may legitimately fork.
-fn check_against_independent(q4_path: &Path, steps: usize) {
-    let m = parse_v3(&std::fs::read(q4_path).unwrap());
-    let (want, ref_logits) = runq_greedy_logits(&m, steps);
-    let mut rng = Rng::new(0x1d);
-    let random: Vec<u32> = (0..steps.min(64))
-        .map(|_| rng.below(m.vocab) as u32)
-        .collect();
-    let ref_random: Vec<Vec<f32>> = {
-        let mut run = RefRun::new(&m);
-        random.iter().map(|&t| run.step(t as usize)).collect()
-    };
-    let greedy_inputs: Vec<u32> = std::iter::once(1)
-        .chain(want[..steps - 1].iter().copied())
-        .collect();
-    let gaps: Vec<f32> = ref_logits
-        .iter()
-        .map(|l| {
-            let mut v = l.clone();
-            v.sort_by(|a, b| b.total_cmp(a));
-            v[0] - v[1]
-        })
-        .collect();
-
-    let model = Model::open(q4_path, Realign::Never).unwrap();
-    let mut runs: Vec<Backend> = Vec::new();
-    for k in supported_q4() {
-        runs.push(Backend::generic(None).unwrap().with_q4(k));
-    }
-    runs.push(Backend::generic(None).unwrap().with_threads(2));
-    if model
-        .config()
-        .same_shape(&engine::backend::compiled_config())
-    {
-        // The generated (tiled) int8 kernels: one thread, three threads (shares split on
-        // tile boundaries), and the portable ones.
-        let specialised = || {
-            Backend::specialised(model.config(), q4_path, None)
-                .unwrap()
-                .unwrap()
-        };
-        runs.push(specialised());
-        runs.push(specialised().with_threads(3));
-        runs.push(
-            specialised().with_q8(engine::kernels::q8::Q8Kernels::for_isa(Q8Isa::Scalar).unwrap()),
-        );
-    }
-    let mut exercised = std::collections::HashSet::new();
-    let group = model.config().weight_format.group_size().unwrap();
-    for b in runs {
-        exercised.insert(b.q4().isa());
-        let tiled =
-            b.tiles_int8() && group == generated::Q4_GROUP && !generated::Q4_SHAPES.is_empty();
-        let mut session = Session::new(&model, b);
-        let what = session.backend().describe();
-        assert_eq!(what.contains("tiled"), tiled, "{what}");
-        let mut noise = 0.0f32;
-        for (is_greedy, inputs, reference) in [
-            (true, &greedy_inputs, &ref_logits),
-            (false, &random, &ref_random),
-        ] {
-            session.reset();
-            for (pos, (&token, want_l)) in inputs.iter().zip(reference).enumerate() {
-                let got = session.step(token).unwrap();
-                let scale = want_l.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                let delta = got
-                    .iter()
-                    .zip(want_l)
-                    .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
-                assert!(
-                    delta <= LOGIT_TOL * scale,
-                    "{what} pos {pos}: logits differ by {delta} (scale {scale})"
-                );
-                if is_greedy {
-                    noise = noise.max(delta);
-                }
-            }
-        }
-        session.reset();
-        let mut token = 1;
-        let got: Vec<u32> = (0..steps)
-            .map(|_| {
-                token = argmax(session.step(token).unwrap());
-                token
-            })
-            .collect();
-        let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        let must = gaps.iter().position(|&g| g <= 2.0 * noise).unwrap_or(steps);
-        assert!(
-            agree >= must,
-            "{what}: greedy ids differ from the independent implementation at position {agree}, \
-             where the reference's top-2 gap {} exceeds twice the logit noise {noise}",
-            gaps[agree]
-        );
-        eprintln!("{what}: greedy ids equal for {agree} of {steps} positions (guaranteed: {must}); logit noise {noise:.4}");
-    }
-    let supported: std::collections::HashSet<Q8Isa> = Q8Isa::all()
-        .iter()
-        .copied()
-        .filter(|i| i.is_supported())
-        .collect();
-    assert_eq!(
-        exercised, supported,
-        "a supported Q4 path was never exercised"
-    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -349,13 +124,18 @@ fn q4_writer_matches_the_independent_writer() {
     ) = (96, 160, 101, 16, false);
     cfg.validate().unwrap();
     let mut sources = vec![(dir.join("small.bin"), 32)];
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V0, 3, &sources[0].0).unwrap();
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V0, 3, &sources[0].0).unwrap();
     if let Some(real) = stories260k() {
         sources.push((real, 4));
     }
     for (src, group) in sources {
         let model = Model::open(&src, Realign::Never).unwrap();
-        assert_eq!(choose_q4_group(model.config(), 32).unwrap().0, group);
+        assert_eq!(
+            choose_group(model.config(), QuantFormat::Q4_0, 32)
+                .unwrap()
+                .0,
+            group
+        );
         let ours = dir.join("ours.bin");
         let theirs = dir.join("theirs.bin");
         let report = write_q4_checkpoint(&model, group, &ours).unwrap();
@@ -371,7 +151,7 @@ fn q4_writer_matches_the_independent_writer() {
             report.max_error
         );
         // |w - q·scale| <= scale / 2 for every weight, checked on the parsed file.
-        let m = parse_v3(&std::fs::read(&ours).unwrap());
+        let m = parse(&std::fs::read(&ours).unwrap(), Quant::Q4);
         let w = model.f32_tensor("wq", Some(1)).unwrap();
         for (i, &x) in w.iter().enumerate() {
             let s = m.wq[1].s[i / group];
@@ -399,11 +179,11 @@ fn greedy_ids_equal_independent_scalar_q4_on_stories260k() {
     let dir = temp_dir("q4-260k");
     let path = dir.join("s260k_q4.bin");
     assert_eq!(
-        quantize_to(&src, &path),
+        quantize_to(&src, &path, Quant::Q4),
         4,
         "hidden 172 = 4 · 43 leaves group 4"
     );
-    check_against_independent(&path, 256);
+    check_against_independent(&path, 256, Quant::Q4);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -411,8 +191,8 @@ fn greedy_ids_equal_independent_scalar_q4_on_stories260k() {
 fn greedy_ids_equal_independent_scalar_q4_on_synth_stories15m() {
     let dir = temp_dir("q4-15m");
     let path = dir.join("s15m_q4.bin");
-    assert_eq!(quantize_to(&synth_15m(&dir), &path), 32);
-    check_against_independent(&path, 256);
+    assert_eq!(quantize_to(&synth_15m(&dir), &path, Quant::Q4), 32);
+    check_against_independent(&path, 256, Quant::Q4);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -433,13 +213,16 @@ fn q4_logits_are_identical_for_every_thread_count() {
     ) = (80, 4, 2, 140, 333, 12);
     cfg.validate().unwrap();
     let src = dir.join("f32.bin");
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 5, &src).unwrap();
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 5, &src).unwrap();
     let f32_model = Model::open(&src, Realign::Never).unwrap();
     for group in [4, 20] {
         let path = dir.join(format!("q4_{group}.bin"));
         write_q4_checkpoint(&f32_model, group, &path).unwrap();
         let model = Model::open(&path, Realign::Never).unwrap();
-        for k in supported_q4() {
+        for k in supported_isas()
+            .into_iter()
+            .map(|i| Q4Kernels::for_isa(i).unwrap())
+        {
             let mut sessions: Vec<Session> = (1..=3)
                 .map(|t| {
                     Session::new(
@@ -477,7 +260,7 @@ fn malformed_q4_files_and_bad_arguments_are_refused() {
     let mut cfg = preset("stories260k").unwrap();
     (cfg.vocab_size, cfg.seq_len) = (97, 16);
     let src = dir.join("f32.bin");
-    engine::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 7, &src).unwrap();
+    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 7, &src).unwrap();
     let good = dir.join("q4.bin");
     let o = baremetal(&[
         "quantize",
@@ -583,7 +366,7 @@ fn with_group(bytes: &[u8], group: i32) -> Vec<u8> {
 fn bench_and_inspect_count_q4_bytes() {
     let dir = temp_dir("q4-bench");
     let path = dir.join("s15m_q4.bin");
-    quantize_to(&synth_15m(&dir), &path);
+    quantize_to(&synth_15m(&dir), &path, Quant::Q4);
     let cfg = Model::open(&path, Realign::Never).unwrap().config().clone();
     let (d, h, l, v) = (288usize, 768usize, 6usize, 32000usize);
     let matrices = l * (4 * d * d + 3 * h * d) + v * d + d;

@@ -3,11 +3,11 @@
 mod common;
 
 use common::*;
+use engine::decode::generate::generate;
+use engine::decode::sampler::{Sampler, SamplerConfig};
 use engine::fixtures::fixture;
-use engine::generate::generate;
 use engine::kernels::Isa;
-use engine::sampler::{Sampler, SamplerConfig};
-use engine::state::KvCacheType;
+use engine::runtime::state::KvCacheType;
 use engine::{Backend, Model, Realign, Session};
 
 fn greedy() -> Sampler {
@@ -99,7 +99,7 @@ fn logits_of_32_positions_match_llama2c() {
                 );
             }
             assert_eq!(
-                engine::sampler::argmax(logits),
+                engine::decode::sampler::argmax(logits),
                 p.argmax,
                 "{what} pos {}",
                 p.pos
@@ -134,8 +134,8 @@ fn specialised_equals_generic() {
                 "pos {pos} logit {i}: {x} vs {y}"
             );
         }
-        token = engine::sampler::argmax(&la);
-        assert_eq!(token, engine::sampler::argmax(lb), "pos {pos}");
+        token = engine::decode::sampler::argmax(&la);
+        assert_eq!(token, engine::decode::sampler::argmax(lb), "pos {pos}");
     }
 }
 
@@ -182,7 +182,7 @@ fn thread_count_does_not_change_logits() {
                         "{what}, {kv} KV cache, at position {pos}"
                     );
                 }
-                token = engine::sampler::argmax(&want);
+                token = engine::decode::sampler::argmax(&want);
             }
         }
     }
@@ -230,8 +230,8 @@ fn f16_kv_cache_stays_close_to_the_f32_cache() {
                     "{what} pos {pos} logit {i}: f32 cache {x}, f16 cache {y}"
                 );
             }
-            token = engine::sampler::argmax(&la);
-            argmax_equal += usize::from(token == engine::sampler::argmax(lb));
+            token = engine::decode::sampler::argmax(&la);
+            argmax_equal += usize::from(token == engine::decode::sampler::argmax(lb));
             want_ids.push(token);
         }
         let got_ids = greedy_ids_kv(&model, fresh(&backend), 256, KvCacheType::F16);

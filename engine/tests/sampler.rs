@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use engine::sampler::{Sampler, SamplerConfig};
+use engine::decode::sampler::{Sampler, SamplerConfig};
 
 struct Counting;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engine::fixtures::fixture;
-use engine::tokenizer::{Tokenizer, TokenizerError, Utf8Stream, BOS, EOS, REPLACEMENT_PIECE};
+use engine::text::tokenizer::{Tokenizer, TokenizerError, Utf8Stream, BOS, EOS, REPLACEMENT_PIECE};
 
 const VOCAB: usize = 32000;
 

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use engine::backend::compiled_config;
-use engine::bandwidth::{self, percentiles};
-use engine::beam::{self, BeamOptions, BeamStats};
-use engine::sampler::argmax;
+use engine::decode::beam::{self, BeamOptions, BeamStats};
+use engine::decode::sampler::argmax;
+use engine::runtime::backend::compiled_config;
+use engine::runtime::bandwidth::{self, percentiles};
 use engine::Session;
 use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig};
 
@@ -81,7 +81,7 @@ fn cached_synth(cfg: &ModelConfig) -> anyhow::Result<PathBuf> {
         path.display()
     );
     let tmp = path.with_extension("partial");
-    engine::synth::write_checkpoint(cfg, CheckpointFormat::V1, 0, &tmp)
+    engine::format::synth::write_checkpoint(cfg, CheckpointFormat::V1, 0, &tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(path)
@@ -174,7 +174,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Prompt processing: a prompt of fixed pseudo-random tokens, like llama-bench's.
     let prompt_tokens = a.prompt_tokens.min(cfg.seq_len);
     let prompt: Vec<u32> = {
-        let mut rng = engine::rng::Rng::new(0x9e37);
+        let mut rng = engine::base::rng::Rng::new(0x9e37);
         (0..prompt_tokens)
             .map(|_| rng.below(cfg.vocab_size) as u32)
             .collect()
@@ -194,12 +194,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     session.reset();
 
-    let mut token = engine::generate::BOS;
+    let mut token = engine::decode::generate::BOS;
     for _ in 0..a.warmup.min(cfg.seq_len) {
         token = argmax(session.step(token)?);
     }
     session.reset();
-    token = engine::generate::BOS;
+    token = engine::decode::generate::BOS;
 
     let progress = !a.json && std::io::stderr().is_terminal();
     let mut lat_ms = Vec::with_capacity(tokens);
@@ -230,7 +230,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             eos: Vec::new(),
         };
         let mut stats = BeamStats::default();
-        beam::beam_search(&mut session, &[engine::generate::BOS], &options, &mut stats)?;
+        beam::beam_search(
+            &mut session,
+            &[engine::decode::generate::BOS],
+            &options,
+            &mut stats,
+        )?;
         session.reset();
         let step_ms: Vec<f64> = stats.steps.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         let beam_p50 = median(&step_ms);
@@ -239,7 +244,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let compute = engine::compute::measure(isa, threads);
+    let compute = engine::runtime::compute::measure(isa, threads);
 
     let p = percentiles(&lat_ms);
     let tps = tokens as f64 / wall;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use engine::eval::compare;
+use engine::decode::eval::compare;
 use engine::Session;
 
 /// Arguments of `eval`.
@@ -56,7 +56,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // The reference keeps llama2.c's f32 cache; `--kv-cache` is part of the candidate, so
     // `--quantized` may name the reference itself to measure the cache type alone.
     let options = a.run.session_options();
-    let candidate_options = engine::session::SessionOptions {
+    let candidate_options = engine::runtime::session::SessionOptions {
         logit_rows: options.batch,
         ..options
     };

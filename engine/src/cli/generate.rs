@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use engine::beam::{self, BeamOptions, BeamStats};
-use engine::generate::{generate, max_steps, BOS};
-use engine::sampler::{Sampler, SamplerConfig};
-use engine::tokenizer::{Tokenizer, Utf8Stream};
+use engine::decode::beam::{self, BeamOptions, BeamStats};
+use engine::decode::generate::{generate, max_steps, BOS};
+use engine::decode::sampler::{Sampler, SamplerConfig};
+use engine::text::tokenizer::{Tokenizer, Utf8Stream};
 use engine::Session;
 
 /// Arguments of `generate`.

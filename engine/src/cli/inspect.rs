@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use engine::backend::{compiled_config, rebuild_command};
+use engine::runtime::backend::{compiled_config, rebuild_command};
 use engine::{Model, Realign};
 use model_config::WeightFormat;
 

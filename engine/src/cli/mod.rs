@@ -13,9 +13,9 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use engine::backend::{compiled_config, Backend};
 use engine::kernels::Isa;
-use engine::state::KvCacheType;
+use engine::runtime::backend::{compiled_config, Backend};
+use engine::runtime::state::KvCacheType;
 use engine::{Model, Realign};
 
 /// A Llama-2 inference engine specialised at build time for one model shape.
@@ -76,8 +76,8 @@ pub struct RunOpts {
 
 impl RunOpts {
     /// The session sizing these options ask for.
-    pub fn session_options(&self) -> engine::session::SessionOptions {
-        let mut o = engine::session::SessionOptions {
+    pub fn session_options(&self) -> engine::runtime::session::SessionOptions {
+        let mut o = engine::runtime::session::SessionOptions {
             kv_cache: self.kv_cache,
             ..Default::default()
         };

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use engine::quant::{choose_group, choose_q4_group, write_q4_checkpoint, write_q8_checkpoint};
+use engine::format::quant::{self, choose_group};
+use engine::format::writer::{write_q4_checkpoint, write_q8_checkpoint};
 use engine::{Model, Realign};
 use model_config::{CheckpointFormat, DEFAULT_Q4_GROUP, DEFAULT_Q8_GROUP};
 
@@ -56,16 +57,17 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         );
     }
     let cfg = model.config();
-    let (requested, chosen) = match a.format {
-        QuantFormat::Q8_0 => {
-            let g = a.group.unwrap_or(DEFAULT_Q8_GROUP);
-            (g, choose_group(cfg, g))
-        }
-        QuantFormat::Q4_0 => {
-            let g = a.group.unwrap_or(DEFAULT_Q4_GROUP);
-            (g, choose_q4_group(cfg, g))
-        }
+    let (requested, format) = match a.format {
+        QuantFormat::Q8_0 => (
+            a.group.unwrap_or(DEFAULT_Q8_GROUP),
+            quant::QuantFormat::Q8_0,
+        ),
+        QuantFormat::Q4_0 => (
+            a.group.unwrap_or(DEFAULT_Q4_GROUP),
+            quant::QuantFormat::Q4_0,
+        ),
     };
+    let chosen = choose_group(cfg, format, requested);
     let (group, backed_off) =
         chosen.with_context(|| format!("quantizing {}", a.input.display()))?;
     if backed_off {

@@ -44,7 +44,7 @@ pub struct SynthArgs {
 /// Runs `synth`.
 pub fn run(a: SynthArgs) -> anyhow::Result<()> {
     let cfg = model_config::resolve(&a.config).with_context(|| format!("config {:?}", a.config))?;
-    engine::synth::write_checkpoint(&cfg, a.format.into(), a.seed, &a.out)
+    engine::format::synth::write_checkpoint(&cfg, a.format.into(), a.seed, &a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "wrote {} ({}, random weights with seed {}: for benchmarks, not a real model)",

@@ -37,7 +37,7 @@ impl Elem for f32 {
 impl Elem for u16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        crate::fp16::to_f32(self)
+        crate::base::fp16::to_f32(self)
     }
 }
 
@@ -216,7 +216,7 @@ impl GenericKernels {
         }
     }
 
-    /// `out = x` rounded to binary16, bit for bit [`crate::fp16::from_f32`] on every path.
+    /// `out = x` rounded to binary16, bit for bit [`crate::base::fp16::from_f32`] on every path.
     ///
     /// # Panics
     /// When the lengths differ.
@@ -230,12 +230,12 @@ impl GenericKernels {
             Isa::Avx2 if self.f16c => unsafe { avx2::f32_to_f16(out, x) },
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => unsafe { neon::f32_to_f16(out, x) },
-            _ => crate::fp16::slice_from_f32(out, x),
+            _ => crate::base::fp16::slice_from_f32(out, x),
         }
     }
 
     /// Activation quantisation (`q` int8, one scale per `group` values), bit for bit
-    /// [`crate::quant::quantize_activations`] on every instruction set, including its
+    /// [`crate::format::quant::quantize_activations`] on every instruction set, including its
     /// NaN and infinity handling; only a NaN scale's payload may differ when a group holds
     /// several different NaNs.
     ///
@@ -291,7 +291,7 @@ impl GenericKernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use crate::base::rng::Rng;
 
     /// |got - want| must stay within a few f32 ulps of the magnitude summed: the kernels sum
     /// in a different order than the f64 reference, so the bound scales with Σ|w·x|.
@@ -503,7 +503,7 @@ mod tests {
     fn check_quantize(x: &[f32], group: usize, what: &str) {
         let n = x.len();
         let (mut want_q, mut want_s) = (vec![0i8; n], vec![0f32; n / group]);
-        crate::quant::quantize_activations(x, group, &mut want_q, &mut want_s);
+        crate::format::quant::quantize_activations(x, group, &mut want_q, &mut want_s);
         for k in supported() {
             // Garbage in the outputs must be overwritten.
             let (mut q, mut s) = (vec![-99i8; n], vec![-1.5f32; n / group]);
@@ -650,9 +650,9 @@ mod tests {
         let bits: Vec<u16> = rng
             .vec(n)
             .iter()
-            .map(|v| crate::fp16::from_f32(v * 4.0))
+            .map(|v| crate::base::fp16::from_f32(v * 4.0))
             .collect();
-        let vals = bits.iter().map(|&h| crate::fp16::to_f32(h)).collect();
+        let vals = bits.iter().map(|&h| crate::base::fp16::to_f32(h)).collect();
         (bits, vals)
     }
 
@@ -729,8 +729,9 @@ mod tests {
                     f32::from_bits(rng.next_u64() as u32)
                 } else {
                     let h = (rng.next_u64() as u16) & 0x7BFF;
-                    let mid =
-                        (crate::fp16::to_f32(h) as f64 + crate::fp16::to_f32(h + 1) as f64) / 2.0;
+                    let mid = (crate::base::fp16::to_f32(h) as f64
+                        + crate::base::fp16::to_f32(h + 1) as f64)
+                        / 2.0;
                     mid as f32
                 }
             })
@@ -745,7 +746,7 @@ mod tests {
             f32::from_bits(1),
             2f32.powi(-25),
         ]);
-        let want: Vec<u16> = x.iter().map(|&v| crate::fp16::from_f32(v)).collect();
+        let want: Vec<u16> = x.iter().map(|&v| crate::base::fp16::from_f32(v)).collect();
         for k in supported_f16() {
             let mut got = vec![0xAAAAu16; x.len()];
             k.f32_to_f16(&mut got, &x);

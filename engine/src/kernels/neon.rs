@@ -368,5 +368,5 @@ pub unsafe fn f32_to_f16(out: &mut [u16], x: &[f32]) {
         vst1_u16(out.as_mut_ptr().add(j), h);
         j += W;
     }
-    crate::fp16::slice_from_f32(&mut out[full..], &x[full..]);
+    crate::base::fp16::slice_from_f32(&mut out[full..], &x[full..]);
 }

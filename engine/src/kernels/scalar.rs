@@ -66,7 +66,7 @@ pub fn softmax(x: &mut [f32], scale: f32) {
 
 /// The activation quantiser for CPUs without SIMD: the reference itself.
 pub fn quantize_activations(x: &[f32], group: usize, q: &mut [i8], scales: &mut [f32]) {
-    crate::quant::quantize_activations(x, group, q, scales)
+    crate::format::quant::quantize_activations(x, group, q, scales)
 }
 
 /// The bits of `max |x|` (0 for an empty slice). For non-negative floats the integer order of
@@ -82,7 +82,8 @@ pub(super) fn max_abs_bits(x: &[f32]) -> u32 {
 /// One activation value: `clamp(round_half_away(v / scale), ±127)`, as the reference.
 #[inline]
 pub(super) fn quantize_value(v: f32, scale: f32) -> i8 {
-    crate::quant::round_half_away(v / scale).clamp(-crate::quant::Q_MAX, crate::quant::Q_MAX) as i8
+    crate::format::quant::round_half_away(v / scale)
+        .clamp(-crate::format::quant::Q_MAX, crate::format::quant::Q_MAX) as i8
 }
 
 /// The scale of a group whose `max |x|` has bits `max_bits`, and whether its values need
@@ -91,6 +92,6 @@ pub(super) fn quantize_value(v: f32, scale: f32) -> i8 {
 /// ±∞, ±0 or NaN and `round_half_away` maps NaN to 0.
 #[inline]
 pub(super) fn group_scale(max_bits: u32) -> (f32, bool) {
-    let scale = f32::from_bits(max_bits) / crate::quant::Q_MAX;
+    let scale = f32::from_bits(max_bits) / crate::format::quant::Q_MAX;
     (scale, scale != 0.0 && scale.is_finite())
 }

@@ -1,12 +1,13 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod quantised;
 pub mod runq;
 
 use std::path::{Path, PathBuf};
 
-use engine::backend::compiled_config;
 use engine::fixtures::fixture;
+use engine::runtime::backend::compiled_config;
 use serde::Deserialize;
 
 /// A fresh, empty directory for this test's files.

@@ -1,6 +1,6 @@
 //! Runtime-shape int8 GEMV, shared by the Q8_0 ([`super::q8`]) and Q4_0 ([`super::q4`])
 //! formats: `out[r] = Σ_groups f32(Σ w_q·x_q) · w_scale · x_scale`, the activations having
-//! been quantised to int8 once per GEMV input (see [`crate::quant`]).
+//! been quantised to int8 once per GEMV input (see [`crate::format::quant`]).
 //!
 //! The two formats differ only in how a chunk of weights reaches a register (Q8_0 loads it,
 //! Q4_0 unpacks nibbles to int8 in natural order) and in the scalar dot of a tail, so each
@@ -59,8 +59,8 @@ mod scalar;
 use std::fmt;
 use std::marker::PhantomData;
 
+use crate::format::quant::Q8Ref;
 use crate::kernels::Isa;
-use crate::quant::Q8Ref;
 
 /// An int8 GEMV over weights stored as `U`: `out.len()` rows of `cols` weights
 /// (`cols / F::PER_UNIT` units per row) with `cols / group` scales per row in `w_scales`,
@@ -354,10 +354,10 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::base::rng::Rng;
+    use crate::format::quant::{quantize_activations, quantize_q4_weights, quantize_weights};
     use crate::kernels::q4::{self, Q4};
     use crate::kernels::q8::{self, Q8};
-    use crate::quant::{quantize_activations, quantize_q4_weights, quantize_weights};
-    use crate::rng::Rng;
 
     /// A weight quantiser: `(w, group, q, scales)`.
     type Quantizer<U> = fn(&[f32], usize, &mut [U], &mut [f32]);

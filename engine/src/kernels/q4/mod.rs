@@ -1,6 +1,6 @@
 //! Runtime-shape GEMV for Q4_0 weights: `out[r] = Σ_groups f32(Σ w_q·x_q) · w_scale · x_scale`,
 //! the 4-bit weights unpacked to int8 in registers and the activations quantised to int8
-//! once per GEMV input with the Q4 group size (see [`crate::quant`]).
+//! once per GEMV input with the Q4 group size (see [`crate::format::quant`]).
 //!
 //! The kernels are the shared int8 ones ([`super::int8`]); this module supplies the unpacking
 //! loads ([`Q4`]) and the entry point ([`Q4Kernels`]). Unpacking yields the weights as int8
@@ -23,7 +23,7 @@ use core::arch::x86_64::*;
 
 pub use super::int8::Q8Isa;
 use super::int8::{Kernels, Weights};
-use crate::quant::{Q4Ref, Q8Ref};
+use crate::format::quant::{Q4Ref, Q8Ref};
 
 /// The Q4_0 weight format: two 4-bit weights per byte (element `2i` in the low nibble), each
 /// `nibble - 8`.

@@ -1,5 +1,5 @@
 //! Runtime-shape int8 GEMV for Q8_0 weights: `out[r] = Σ_groups f32(Σ w_q·x_q) · w_scale · x_scale`,
-//! the activations having been quantised once per GEMV input (see [`crate::quant`]).
+//! the activations having been quantised once per GEMV input (see [`crate::format::quant`]).
 //!
 //! The kernels are the shared int8 ones ([`super::int8`]) reading one int8 per weight; this
 //! module supplies the loads ([`Q8`]) and the entry point ([`Q8Kernels`]). `reference` is the
@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 
 pub use super::int8::Q8Isa;
 use super::int8::{Kernels, Weights};
-use crate::quant::Q8Ref;
+use crate::format::quant::Q8Ref;
 
 /// The Q8_0 weight format: one int8 per weight, in [-127, 127].
 #[derive(Debug, Clone, Copy)]

@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 
 use model_config::tiled;
 
-use crate::aligned::{AlignedBytes, AlignedVec};
-use crate::error::LoadError;
-use crate::quant::{Q4Ref, Q8Ref};
+use crate::base::aligned::{AlignedBytes, AlignedVec};
+use crate::format::error::LoadError;
+use crate::format::quant::{Q4Ref, Q8Ref};
 
 #[cfg(target_endian = "big")]
 compile_error!("llama2.c checkpoints are little-endian and are read in place");
@@ -330,11 +330,7 @@ impl Model {
     /// read one row at a time. For a model of another shape than the compiled one this is
     /// [`Model::weights`].
     pub fn tiled_weights(&self) -> Weights<'_> {
-        if !self
-            .layout
-            .config
-            .same_shape(&crate::backend::compiled_config())
-        {
+        if !self.layout.config.same_shape(&super::compiled_config()) {
             return self.weights();
         }
         let tiled = self.tiled.get_or_init(|| self.tile());

@@ -18,7 +18,7 @@ use std::ops::Range;
 use model_config::ModelConfig;
 use thiserror::Error;
 
-use crate::aligned::{AlignedHalf, AlignedVec};
+use crate::base::aligned::{AlignedHalf, AlignedVec};
 use crate::kernels::GenericKernels;
 
 /// Positions per block.

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::sampler::Sampler;
-use crate::session::{Session, StepError};
+use crate::decode::sampler::Sampler;
+use crate::runtime::session::{Session, StepError};
 
 /// llama2.c's BOS id; a generated BOS ends the text, as in `run.c`.
 pub const BOS: u32 = 1;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::aligned::AlignedVec;
+use crate::base::aligned::AlignedVec;
 use crate::kernels::Isa;
 
 /// Streams read at once, as a 4-row GEMV tile does.
@@ -166,7 +166,7 @@ mod tests {
     fn every_isa_reads_the_same_sum() {
         let n = STREAMS * 64 * 10;
         let mut buf = AlignedVec::zeros(n);
-        let mut rng = crate::rng::Rng::new(9);
+        let mut rng = crate::base::rng::Rng::new(9);
         buf.iter_mut().for_each(|v| *v = rng.uniform());
         let want: f64 = buf.iter().map(|&v| v as f64).sum();
         for &isa in Isa::all().iter().filter(|i| i.is_supported()) {

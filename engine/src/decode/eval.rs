@@ -4,9 +4,9 @@
 
 use thiserror::Error;
 
-use crate::generate::BOS;
-use crate::sampler::argmax;
-use crate::session::{Session, StepError};
+use crate::decode::generate::BOS;
+use crate::decode::sampler::argmax;
+use crate::runtime::session::{Session, StepError};
 
 /// The comparison of two models over one greedy run.
 #[derive(Debug, Clone, PartialEq)]

@@ -65,7 +65,7 @@ pub fn slice_from_f32(out: &mut [u16], x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use crate::base::rng::Rng;
 
     fn reference(x: f32) -> u16 {
         half::f16::from_f32(x).to_bits()

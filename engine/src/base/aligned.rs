@@ -47,7 +47,7 @@ impl std::fmt::Debug for AlignedVec {
 }
 
 /// A zero-initialised, 64-byte aligned, fixed-length buffer of binary16 bits (the f16 KV
-/// cache; see [`crate::fp16`]).
+/// cache; see [`crate::base::fp16`]).
 pub struct AlignedHalf {
     lines: Vec<Line>,
     len: usize,

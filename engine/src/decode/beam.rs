@@ -17,10 +17,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::forward::Row;
-use crate::generate::GenerateError;
-use crate::kv::KvError;
-use crate::session::{Session, SessionOptions, StepError};
+use crate::decode::generate::GenerateError;
+use crate::runtime::forward::Row;
+use crate::runtime::kv::KvError;
+use crate::runtime::session::{Session, SessionOptions, StepError};
 
 /// One hypothesis: the generated tokens (after the prompt) and their summed log-probability.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,7 +245,7 @@ pub fn session_options(
     max_new: usize,
 ) -> SessionOptions {
     let beams = beams.max(1);
-    let needed = prompt + 2 * beams * (max_new + 2 * crate::kv::BLOCK);
+    let needed = prompt + 2 * beams * (max_new + 2 * crate::runtime::kv::BLOCK);
     SessionOptions {
         batch: base.batch.max(beams),
         logit_rows: base.logit_rows.max(beams),

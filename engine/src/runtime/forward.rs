@@ -10,12 +10,12 @@
 
 use model_config::ModelConfig;
 
-use crate::backend::{Backend, Matrix};
+use crate::format::model::Weights;
 use crate::kernels::GenericKernels;
-use crate::kv::{KvCache, KvRows, SeqId};
-use crate::model::Weights;
-use crate::pool::SyncPtr;
-use crate::state::{Rope, RunState};
+use crate::runtime::backend::{Backend, Matrix};
+use crate::runtime::kv::{KvCache, KvRows, SeqId};
+use crate::runtime::pool::SyncPtr;
+use crate::runtime::state::{Rope, RunState};
 
 /// One token of a batch: `token` fed at position `pos` of sequence `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

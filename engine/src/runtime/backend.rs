@@ -9,13 +9,14 @@ use std::path::Path;
 use generated::{Gemv, RmsNorm};
 use model_config::{ModelConfig, WeightFormat, PRESETS};
 
-use crate::error::LoadError;
+use crate::format::error::LoadError;
+use crate::format::model::MatRef;
+use crate::format::quant::{Q4Ref, Q8Ref};
 use crate::kernels::q4::Q4Kernels;
 use crate::kernels::q8::Q8Kernels;
 use crate::kernels::{GenericKernels, Isa};
-use crate::model::MatRef;
-use crate::pool::{share, Pool, SyncPtr};
-use crate::quant::{GemvInput, Q4Ref, Q8Ref, TiledInput};
+use crate::runtime::pool::{share, Pool, SyncPtr};
+use crate::runtime::quantizer::{GemvInput, TiledInput};
 
 /// The matrix a GEMV multiplies by; the specialised backend maps each to its compiled shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +77,7 @@ pub fn generated_int8_kernels() -> Option<generated::Int8Kernels> {
         .and_then(|b| b.int8())
 }
 
-/// The shape this binary was compiled for (`MODEL_CONFIG` at build time).
-pub fn compiled_config() -> ModelConfig {
-    ModelConfig::from_toml_str(generated::CONFIG_TOML).expect("the generated config is valid")
-}
+pub use crate::format::compiled_config;
 
 /// Rows per kernel tile: thread shares start on tile boundaries, so every row is computed by
 /// the same code path whatever the thread count, and results are identical.

@@ -3,13 +3,13 @@
 
 use model_config::ModelConfig;
 
-use crate::aligned::AlignedVec;
-use crate::quant::InputQuantizer;
+use crate::base::aligned::AlignedVec;
+use crate::runtime::quantizer::InputQuantizer;
 
-pub use crate::kv::{KvCacheType, KvRows};
+pub use crate::runtime::kv::{KvCacheType, KvRows};
 
 /// Activation buffers for a batch of up to `rows` token rows (each buffer row-major, one row
-/// per token), allocated once. The KV cache lives apart ([`crate::kv::KvCache`]), shared by
+/// per token), allocated once. The KV cache lives apart ([`crate::runtime::kv::KvCache`]), shared by
 /// every sequence a batch may mix.
 #[derive(Debug)]
 pub struct RunState {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig};
 
-use crate::rng::Rng;
+use crate::base::rng::Rng;
 
 /// Writes a `format` checkpoint of shape `cfg` to `path`, deterministic per `seed`.
 ///
@@ -15,7 +15,7 @@ use crate::rng::Rng;
 /// weights are near 1; embeddings are uniform in ±1. Logits then vary across the vocabulary
 /// and stay finite. RoPE tables in v0 files are written as llama2.c's exporter does.
 ///
-/// Only f32 formats (v0, v1) are written; quantise the result for v2/v3 (`crate::quant`).
+/// Only f32 formats (v0, v1) are written; quantise the result for v2/v3 (`crate::format::quant`).
 pub fn write_checkpoint(
     cfg: &ModelConfig,
     format: CheckpointFormat,

@@ -2,11 +2,11 @@
 
 use thiserror::Error;
 
-use crate::backend::Backend;
-use crate::forward::{forward, Row};
-use crate::kv::{KvCache, KvCacheType, SeqId};
-use crate::model::{Model, Weights};
-use crate::state::{Rope, RunState};
+use crate::format::model::{Model, Weights};
+use crate::runtime::backend::Backend;
+use crate::runtime::forward::{forward, Row};
+use crate::runtime::kv::{KvCache, KvCacheType, SeqId};
+use crate::runtime::state::{Rope, RunState};
 
 /// Why a decode step was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum StepError {
     },
     /// The KV cache refused (full, or too many sequences).
     #[error(transparent)]
-    Cache(#[from] crate::kv::KvError),
+    Cache(#[from] crate::runtime::kv::KvError),
     /// Nothing to feed.
     #[error("no tokens to feed")]
     Empty,

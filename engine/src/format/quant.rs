@@ -23,17 +23,10 @@
 //! activations a Q4_0 matrix multiplies are quantised to int8 exactly as for Q8_0, with the
 //! Q4 group size.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::ops::Range;
-use std::path::Path;
 
 use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig, WeightFormat};
 use thiserror::Error;
-
-use crate::aligned::{AlignedBytes, AlignedVec};
-use crate::kernels::GenericKernels;
-use crate::model::Model;
 
 /// The largest magnitude a quantised value takes.
 pub const Q_MAX: f32 = 127.0;
@@ -260,122 +253,6 @@ fn quantize_with(
     }
 }
 
-/// What a GEMV (one row) or a batched product (several rows) multiplies its matrix by: the f32
-/// rows, and for quantised models their quantised copy (made once per input, shared by every
-/// matrix that reads it).
-#[derive(Debug, Clone, Copy)]
-pub struct GemvInput<'a> {
-    /// The input rows in f32, one after another.
-    pub x: &'a [f32],
-    /// How many rows `x` holds.
-    pub rows: usize,
-    /// The input quantised with the model's group size (Q8_0 models only).
-    pub q8: Option<Q8Ref<'a>>,
-    /// `q8` in the tiled block order, when the model has tiled matrices and the input is a
-    /// whole number of blocks (see [`InputQuantizer::tile_inputs`]).
-    pub tiled: Option<TiledInput<'a>>,
-}
-
-/// A quantised input in the tiled layout's block order (`model_config::tiled`); its scales
-/// are the untiled input's.
-#[derive(Debug, Clone, Copy)]
-pub struct TiledInput<'a> {
-    /// The int8 values, each 64-value block permuted as the tiled weights.
-    pub q: &'a [i8],
-    /// `-offset · Σ` of each four values (`model_config::tiled::input_correction`).
-    pub corr: &'a [i32],
-}
-
-/// The buffer every GEMV input of a Q8_0 model is quantised into, allocated once
-/// (64-byte aligned, long enough for the longest input). Does nothing for f32 models.
-#[derive(Debug)]
-pub struct InputQuantizer {
-    group: Option<usize>,
-    /// The quantiser's instruction set, picked once (every one gives the same bits).
-    kernels: GenericKernels,
-    q: AlignedBytes,
-    scales: AlignedVec,
-    /// Whether inputs are also put in tiled order, and whether they need Q4 corrections.
-    tiled: bool,
-    q4: bool,
-    positions: [u8; model_config::tiled::BLOCK],
-    tiled_q: AlignedBytes,
-    corr: Vec<i32>,
-}
-
-impl InputQuantizer {
-    /// Buffers for inputs of up to `max_len` values in `format`.
-    pub fn new(format: WeightFormat, max_len: usize) -> Self {
-        let group = format.group_size();
-        let (q_len, s_len) = match group {
-            Some(g) => (max_len, max_len / g),
-            None => (0, 0),
-        };
-        Self {
-            group,
-            kernels: GenericKernels::detect(),
-            q: AlignedBytes::zeros(q_len),
-            scales: AlignedVec::zeros(s_len),
-            tiled: false,
-            positions: [0; model_config::tiled::BLOCK],
-            q4: matches!(format, WeightFormat::Q4_0 { .. }),
-            tiled_q: AlignedBytes::zeros(0),
-            corr: Vec::new(),
-        }
-    }
-
-    /// Also provide every input in the tiled block order (for models whose matrices were
-    /// tiled), with the Q4_0 lane corrections for Q4_0 models. Allocates once, here.
-    pub fn tile_inputs(&mut self) {
-        let Some(group) = self.group else { return };
-        if !model_config::tiled::tiled_group(group) {
-            return;
-        }
-        self.tiled = true;
-        self.positions = model_config::tiled::block_positions(group);
-        self.tiled_q = AlignedBytes::zeros(self.q.len());
-        self.corr = vec![0; self.q.len() / 4];
-    }
-
-    /// `x`, `rows` rows one after another, as a GEMV or batched input: for Q8_0 and Q4_0,
-    /// quantised (activation rounding) into the buffer. A group never straddles two rows (it
-    /// divides the row length), so quantising the rows together is quantising each alone.
-    /// Allocates nothing.
-    #[inline]
-    pub fn input<'a>(&'a mut self, x: &'a [f32], rows: usize) -> GemvInput<'a> {
-        let Some(group) = self.group else {
-            return GemvInput {
-                x,
-                rows,
-                q8: None,
-                tiled: None,
-            };
-        };
-        let q = &mut self.q.as_i8_mut()[..x.len()];
-        let scales = &mut self.scales[..x.len() / group];
-        self.kernels.quantize_activations(x, group, q, scales);
-        let row = x.len() / rows.max(1);
-        let tiled = (self.tiled && row.is_multiple_of(model_config::tiled::BLOCK)).then(|| {
-            let tq = &mut self.tiled_q.as_i8_mut()[..x.len()];
-            model_config::tiled::tile_input_with(q, &self.positions, tq);
-            let offset = if self.q4 {
-                model_config::tiled::Q4_OFFSET
-            } else {
-                model_config::tiled::Q8_OFFSET
-            };
-            let corr = &mut self.corr[..x.len() / 4];
-            model_config::tiled::input_correction(tq, offset, corr);
-            TiledInput { q: tq, corr }
-        });
-        GemvInput {
-            x,
-            rows,
-            q8: Some(Q8Ref { q, scales, group }),
-            tiled,
-        }
-    }
-}
-
 /// Why a checkpoint could not be quantised.
 #[derive(Debug, Error)]
 pub enum QuantizeError {
@@ -430,61 +307,68 @@ pub enum QuantizeError {
     },
 }
 
-/// The group size `quantize` uses: `requested` when it divides both `dim` and `hidden_dim`,
-/// else the largest power of two below it that does (returned with `true`: it backed off).
-/// Refused when `requested` is not a multiple of 4 or nothing of at least 4 fits.
-pub fn choose_group(cfg: &ModelConfig, requested: usize) -> Result<(usize, bool), QuantizeError> {
-    if requested < 4 || !requested.is_multiple_of(4) {
-        return Err(QuantizeError::BadGroup(requested));
-    }
-    let fits = |g: usize| cfg.dim.is_multiple_of(g) && cfg.hidden_dim.is_multiple_of(g);
-    if fits(requested) {
-        return Ok((requested, false));
-    }
-    let mut g = 1usize << (usize::BITS - 1 - requested.leading_zeros());
-    while g >= 4 {
-        if fits(g) {
-            return Ok((g, true));
-        }
-        g /= 2;
-    }
-    Err(QuantizeError::NoGroup {
-        dim: cfg.dim,
-        hidden: cfg.hidden_dim,
-    })
+/// Which quantised format a group size is chosen for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// Int8 weights (llama2.c v2): groups of a multiple of 4 (4-byte int8 lanes, 4-byte
+    /// aligned f32 scales).
+    Q8_0,
+    /// 4-bit weights (baremetal v3): even groups (two values per byte) whose f32 scales land
+    /// 4-byte aligned in the file.
+    Q4_0,
 }
 
-/// The Q4_0 group size `quantize --format q4_0` uses: `requested` when it divides both
-/// `dim` and `hidden_dim` (and the file's scales land 4-byte aligned), else the largest power
-/// of two below it that does (returned with `true`). Refused when `requested` is odd or 0.
-pub fn choose_q4_group(
+/// The group size `quantize` uses for `format`: `requested` when it divides both `dim` and
+/// `hidden_dim` (and, for Q4_0, keeps the file's scales 4-byte aligned), else the largest power
+/// of two below it that does (returned with `true`: it backed off). Refused when `requested`
+/// is not a valid group for the format, or nothing valid fits.
+pub fn choose_group(
     cfg: &ModelConfig,
+    format: QuantFormat,
     requested: usize,
 ) -> Result<(usize, bool), QuantizeError> {
-    if requested < 2 || !requested.is_multiple_of(2) {
-        return Err(QuantizeError::BadQ4Group(requested));
+    let (smallest, bad, none) = match format {
+        QuantFormat::Q8_0 => (
+            4,
+            QuantizeError::BadGroup(requested),
+            QuantizeError::NoGroup {
+                dim: cfg.dim,
+                hidden: cfg.hidden_dim,
+            },
+        ),
+        QuantFormat::Q4_0 => (
+            2,
+            QuantizeError::BadQ4Group(requested),
+            QuantizeError::NoQ4Group {
+                dim: cfg.dim,
+                hidden: cfg.hidden_dim,
+            },
+        ),
+    };
+    if requested < smallest || !requested.is_multiple_of(smallest) {
+        return Err(bad);
     }
-    let fits = |g: usize| {
-        let c = ModelConfig {
-            weight_format: WeightFormat::Q4_0 { group_size: g },
-            ..cfg.clone()
-        };
-        c.validate().is_ok() && q4_scales_aligned(&c)
+    let fits = |g: usize| match format {
+        QuantFormat::Q8_0 => cfg.dim.is_multiple_of(g) && cfg.hidden_dim.is_multiple_of(g),
+        QuantFormat::Q4_0 => {
+            let c = ModelConfig {
+                weight_format: WeightFormat::Q4_0 { group_size: g },
+                ..cfg.clone()
+            };
+            c.validate().is_ok() && q4_scales_aligned(&c)
+        }
     };
     if fits(requested) {
         return Ok((requested, false));
     }
     let mut g = 1usize << (usize::BITS - 1 - requested.leading_zeros());
-    while g >= 2 {
+    while g >= smallest {
         if fits(g) {
             return Ok((g, true));
         }
         g /= 2;
     }
-    Err(QuantizeError::NoQ4Group {
-        dim: cfg.dim,
-        hidden: cfg.hidden_dim,
-    })
+    Err(none)
 }
 
 /// True when every Q4_0 matrix's scales start 4-byte aligned (the loader reads them in place).
@@ -493,139 +377,6 @@ fn q4_scales_aligned(cfg: &ModelConfig) -> bool {
         .quantized()
         .iter()
         .all(|(_, _, s)| s.scales().offset.is_multiple_of(4))
-}
-
-/// Largest `|w - q * scale|` seen while quantising, per tensor (as export.py reports it).
-#[derive(Debug, Clone, Default)]
-pub struct QuantizeReport {
-    /// `(tensor, max abs error)` in file order.
-    pub max_error: Vec<(&'static str, f32)>,
-}
-
-/// Writes `model` (f32, v0 or v1) as a llama2.c v2 (Q8_0) checkpoint with `group` to `path`.
-/// `group` must divide `dim` and `hidden_dim` (see [`choose_group`]).
-pub fn write_q8_checkpoint(
-    model: &Model,
-    group: usize,
-    path: &Path,
-) -> Result<QuantizeReport, QuantizeError> {
-    write_quantized(model, WeightFormat::Q8_0 { group_size: group }, path)
-}
-
-/// Writes `model` (f32, v0 or v1) as a baremetal v3 (Q4_0) checkpoint with `group` to `path`.
-/// `group` must be even and divide `dim` and `hidden_dim` (see [`choose_q4_group`]).
-pub fn write_q4_checkpoint(
-    model: &Model,
-    group: usize,
-    path: &Path,
-) -> Result<QuantizeReport, QuantizeError> {
-    write_quantized(model, WeightFormat::Q4_0 { group_size: group }, path)
-}
-
-/// The shared writer: header, f32 norms, then each matrix's values and scales in file order.
-fn write_quantized(
-    model: &Model,
-    weight_format: WeightFormat,
-    path: &Path,
-) -> Result<QuantizeReport, QuantizeError> {
-    if matches!(model.format(), CheckpointFormat::V2 | CheckpointFormat::V3) {
-        return Err(QuantizeError::AlreadyQuantized(
-            model.path().display().to_string(),
-        ));
-    }
-    let (group, format, q4) = match weight_format {
-        WeightFormat::Q4_0 { group_size } => (group_size, CheckpointFormat::V3, true),
-        WeightFormat::Q8_0 { group_size } => (group_size, CheckpointFormat::V2, false),
-        WeightFormat::F32 => unreachable!("write_quantized is only called with a quantised format"),
-    };
-    let cfg = ModelConfig {
-        weight_format,
-        ..model.config().clone()
-    };
-    cfg.validate().map_err(|_| {
-        if q4 {
-            QuantizeError::BadQ4Group(group)
-        } else {
-            QuantizeError::BadGroup(group)
-        }
-    })?;
-    let layout = CheckpointLayout::for_config(&cfg, format);
-    let io = |source| QuantizeError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
-    out.write_all(&layout.header()).map_err(io)?;
-    let mut at = layout.header_bytes;
-    for (name, span) in layout.tensors() {
-        debug_assert_eq!(span.offset, at);
-        let src = model.f32_tensor(name, None).expect("the norms are f32");
-        write_f32(&mut out, src).map_err(io)?;
-        at += src.len() * 4;
-    }
-    let mut report = QuantizeReport::default();
-    let (mut q, mut s, mut packed) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, layer, span) in layout.quantized() {
-        debug_assert_eq!(span.offset, at);
-        let src = model
-            .f32_tensor(name, Some(layer))
-            .expect("an f32 model has f32 matrices");
-        if let Some(i) = src.iter().position(|v| !v.is_finite()) {
-            return Err(QuantizeError::NonFinite {
-                tensor: name,
-                index: layer * src.len() + i,
-            });
-        }
-        q.resize(src.len(), 0i8);
-        s.resize(src.len() / group, 0f32);
-        if q4 {
-            packed.resize(src.len() / 2, 0u8);
-            quantize_q4_weights(src, group, &mut packed, &mut s);
-            // The error report reads the values back from the packed bytes.
-            for (i, v) in q.iter_mut().enumerate() {
-                *v = q4_value(&packed, i);
-            }
-        } else {
-            quantize_weights(src, group, &mut q, &mut s);
-        }
-        let err = src
-            .chunks_exact(group)
-            .zip(q.chunks_exact(group).zip(&s))
-            .flat_map(|(x, (q, &s))| {
-                x.iter()
-                    .zip(q)
-                    .map(move |(&x, &q)| (x - q as f32 * s).abs())
-            })
-            .fold(0.0f32, f32::max);
-        match report.max_error.last_mut() {
-            Some((n, e)) if *n == name => *e = e.max(err),
-            _ => report.max_error.push((name, err)),
-        }
-        if q4 {
-            out.write_all(&packed).map_err(io)?;
-        } else {
-            // SAFETY: i8 and u8 have the same size and every bit pattern is valid for both.
-            let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len()) };
-            out.write_all(bytes).map_err(io)?;
-        }
-        write_f32(&mut out, &s).map_err(io)?;
-        at = span.end();
-    }
-    debug_assert_eq!(at, layout.file_bytes);
-    out.flush().map_err(io)?;
-    Ok(report)
-}
-
-fn write_f32(out: &mut impl Write, v: &[f32]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(v.len().min(1 << 18) * 4);
-    for chunk in v.chunks(1 << 18) {
-        buf.clear();
-        chunk
-            .iter()
-            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
-        out.write_all(&buf)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -650,7 +401,7 @@ mod tests {
 
     #[test]
     fn round_half_away_is_c_round() {
-        let mut rng = crate::rng::Rng::new(9);
+        let mut rng = crate::base::rng::Rng::new(9);
         let ties = (-300..=300).map(|i| i as f32 * 0.5);
         let near = (-300..=300).flat_map(|i| {
             let h = i as f32 * 0.5;
@@ -679,25 +430,40 @@ mod tests {
     #[test]
     fn group_choice_backs_off_to_a_divisor_of_every_row() {
         let s260k = preset("stories260k").unwrap(); // dim 64, hidden 172 = 4 * 43
-        assert_eq!(choose_group(&s260k, 64).unwrap(), (4, true));
+        assert_eq!(
+            choose_group(&s260k, QuantFormat::Q8_0, 64).unwrap(),
+            (4, true)
+        );
         let s15m = preset("stories15m").unwrap(); // dim 288, hidden 768
-        assert_eq!(choose_group(&s15m, 64).unwrap(), (32, true));
-        assert_eq!(choose_group(&s15m, 96).unwrap(), (96, false));
+        assert_eq!(
+            choose_group(&s15m, QuantFormat::Q8_0, 64).unwrap(),
+            (32, true)
+        );
+        assert_eq!(
+            choose_group(&s15m, QuantFormat::Q8_0, 96).unwrap(),
+            (96, false)
+        );
         let s110m = preset("stories110m").unwrap(); // dim 768, hidden 2048
-        assert_eq!(choose_group(&s110m, 64).unwrap(), (64, false));
-        assert_eq!(choose_group(&s110m, 100).unwrap(), (64, true));
+        assert_eq!(
+            choose_group(&s110m, QuantFormat::Q8_0, 64).unwrap(),
+            (64, false)
+        );
+        assert_eq!(
+            choose_group(&s110m, QuantFormat::Q8_0, 100).unwrap(),
+            (64, true)
+        );
         assert!(matches!(
-            choose_group(&s110m, 2),
+            choose_group(&s110m, QuantFormat::Q8_0, 2),
             Err(QuantizeError::BadGroup(2))
         ));
         assert!(matches!(
-            choose_group(&s110m, 6),
+            choose_group(&s110m, QuantFormat::Q8_0, 6),
             Err(QuantizeError::BadGroup(6))
         ));
         let mut odd = s260k.clone();
         (odd.dim, odd.hidden_dim) = (36, 98);
         assert!(matches!(
-            choose_group(&odd, 64),
+            choose_group(&odd, QuantFormat::Q8_0, 64),
             Err(QuantizeError::NoGroup {
                 dim: 36,
                 hidden: 98
@@ -707,7 +473,7 @@ mod tests {
 
     #[test]
     fn q4_pack_unpack_and_round_trip_error_bound() {
-        let mut rng = crate::rng::Rng::new(0x4b17);
+        let mut rng = crate::base::rng::Rng::new(0x4b17);
         for group in [2, 4, 32, 96] {
             let n = group * 7;
             let mut x = rng.vec(n);
@@ -763,31 +529,27 @@ mod tests {
     #[test]
     fn q4_group_choice() {
         let s260k = preset("stories260k").unwrap();
-        assert_eq!(choose_q4_group(&s260k, 32).unwrap(), (4, true));
+        assert_eq!(
+            choose_group(&s260k, QuantFormat::Q4_0, 32).unwrap(),
+            (4, true)
+        );
         let s15m = preset("stories15m").unwrap();
-        assert_eq!(choose_q4_group(&s15m, 32).unwrap(), (32, false));
+        assert_eq!(
+            choose_group(&s15m, QuantFormat::Q4_0, 32).unwrap(),
+            (32, false)
+        );
         let s110m = preset("stories110m").unwrap();
-        assert_eq!(choose_q4_group(&s110m, 32).unwrap(), (32, false));
+        assert_eq!(
+            choose_group(&s110m, QuantFormat::Q4_0, 32).unwrap(),
+            (32, false)
+        );
         assert!(matches!(
-            choose_q4_group(&s110m, 3),
+            choose_group(&s110m, QuantFormat::Q4_0, 3),
             Err(QuantizeError::BadQ4Group(3))
         ));
         assert!(matches!(
-            choose_q4_group(&s110m, 0),
+            choose_group(&s110m, QuantFormat::Q4_0, 0),
             Err(QuantizeError::BadQ4Group(0))
         ));
-    }
-
-    #[test]
-    fn input_quantizer_is_a_no_op_for_f32() {
-        let mut f = InputQuantizer::new(WeightFormat::F32, 100);
-        let x = [1.0f32; 8];
-        assert!(f.input(&x, 1).q8.is_none());
-        let mut q = InputQuantizer::new(WeightFormat::Q8_0 { group_size: 4 }, 16);
-        let x = [254.0, -100.0, 50.0, 0.0, 3.0, 3.0, 3.0, -3.0];
-        let got = q.input(&x, 1).q8.unwrap();
-        assert_eq!(got.q, [127, -50, 25, 0, 127, 127, 127, -127]);
-        assert_eq!(got.scales, [2.0, 3.0 / 127.0]);
-        assert_eq!(got.q.as_ptr() as usize % 64, 0);
     }
 }

@@ -1,7 +1,7 @@
 //! The machine's arithmetic peak, measured: independent chains of the widest fused multiply-add
 //! (f32) and, where the CPU has it, of AVX-512 VNNI's `vpdpbusd` (int8 dot products), long
 //! enough to fill every port. The compute roofline prompt processing is judged against, as
-//! decode is judged against [`crate::bandwidth`].
+//! decode is judged against [`crate::runtime::bandwidth`].
 
 use std::time::Instant;
 
