@@ -376,3 +376,58 @@ fn bad_flags_are_clear_errors() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `bench --json` carries the keys scripts rely on, with numbers in them; `--csv` has a row
+/// per timed prompt run, decode token and beam step.
+#[test]
+fn bench_reports_prompt_decode_and_beam_figures() {
+    let Some(model) = stories260k() else { return };
+    let dir = temp_dir("bench-json");
+    let csv = dir.join("lat.csv");
+    let o = baremetal(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "8",
+        "--warmup",
+        "1",
+        "--prompt-tokens",
+        "20",
+        "--batch",
+        "7",
+        "--beam",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in [
+        "prompt_tokens_per_second",
+        "ttft_ms",
+        "tokens_per_second",
+        "beam_step_ratio",
+        "beam_step_ms",
+        "greedy_step_ms",
+    ] {
+        let v = j[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number: {j}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(j["prompt_tokens"], 20);
+    assert_eq!(j["batch"], 7);
+    assert_eq!(j["beam"], 3);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("phase,index,latency_us"));
+    let phases: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(phases.iter().filter(|&&p| p == "prompt").count(), 3);
+    assert_eq!(phases.iter().filter(|&&p| p == "decode").count(), 8);
+    assert!(phases.iter().filter(|&&p| p == "beam").count() >= 1);
+    std::fs::remove_dir_all(dir).ok();
+}

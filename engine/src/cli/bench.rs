@@ -26,7 +26,8 @@ pub struct BenchArgs {
     /// Untimed tokens first (caches, page faults, branch predictors); the sequence then restarts.
     #[arg(long, default_value_t = 16)]
     warmup: usize,
-    /// Write `token_index,latency_us` per timed token.
+    /// Write `phase,index,latency_us` rows: each timed prompt run (`prompt`), decode token
+    /// (`decode`) and beam step (`beam`).
     #[arg(long)]
     csv: Option<PathBuf>,
     /// Draw per-token latency and its histogram as an SVG.
@@ -222,6 +223,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     // Beam search from BOS: every step one batched forward over all hypotheses (no end token,
     // so all steps run), against the greedy steps at the same positions.
+    let mut beam_ms = Vec::new();
     let beam_result = if beams > 0 {
         let options = BeamOptions {
             beams,
@@ -237,10 +239,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             &mut stats,
         )?;
         session.reset();
-        let step_ms: Vec<f64> = stats.steps.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        let beam_p50 = median(&step_ms);
-        let greedy_p50 = median(&lat_ms[..step_ms.len().min(lat_ms.len())]);
-        Some((beam_p50, greedy_p50, step_ms.len()))
+        beam_ms = stats.steps.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let beam_p50 = median(&beam_ms);
+        let greedy_p50 = median(&lat_ms[..beam_ms.len().min(lat_ms.len())]);
+        Some((beam_p50, greedy_p50, beam_ms.len()))
     } else {
         None
     };
@@ -265,9 +267,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
 
     if let Some(csv) = &a.csv {
-        let mut text = String::from("token_index,latency_us\n");
+        // One row per timed prompt run, decode token and beam step.
+        let mut text = String::from("phase,index,latency_us\n");
+        for (i, ms) in pp_ms.iter().enumerate() {
+            text.push_str(&format!("prompt,{i},{:.1}\n", ms * 1e3));
+        }
         for (i, ms) in lat_ms.iter().enumerate() {
-            text.push_str(&format!("{i},{:.1}\n", ms * 1e3));
+            text.push_str(&format!("decode,{i},{:.1}\n", ms * 1e3));
+        }
+        for (i, ms) in beam_ms.iter().enumerate() {
+            text.push_str(&format!("beam,{i},{:.1}\n", ms * 1e3));
         }
         std::fs::write(csv, text).with_context(|| format!("writing {}", csv.display()))?;
     }
