@@ -11,6 +11,8 @@
 //!            forward pass, session
 //! text/      tokenizers                                         (base)
 //! decode/    logits → tokens: sampler, generate, beam, eval      (runtime, format, base)
+//! serve/     the OpenAI-compatible server: HTTP, continuous      (everything below)
+//!            batching engine thread, tokenizer/template traits
 //! cli/       the `baremetal` commands (in the binary)           (everything)
 //! ```
 //!
@@ -23,6 +25,7 @@ pub mod fixtures;
 pub mod format;
 pub mod kernels;
 pub mod runtime;
+pub mod serve;
 pub mod text;
 
 pub use format::{LoadError, MatRef, Model, Realign};

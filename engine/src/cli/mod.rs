@@ -6,6 +6,7 @@ mod generate;
 mod inspect;
 mod plot;
 mod quantize;
+mod serve;
 mod synth;
 
 use std::path::Path;
@@ -41,6 +42,9 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Compare a quantised checkpoint with its f32 original: greedy agreement and mean KL.
     Eval(eval::EvalArgs),
+    /// Serve the model over HTTP with an OpenAI-compatible API (completions, chat, streaming),
+    /// decoding up to --parallel requests together (continuous batching).
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -95,10 +99,20 @@ impl RunOpts {
             Realign::IfMisaligned
         };
         let model = Model::open(path, realign)?;
+        let backend = self.backend(model.config(), path)?;
+        Ok((model, backend))
+    }
+
+    /// The kernels these options ask for, for a model of shape `config` read from `path`.
+    pub fn backend(
+        &self,
+        config: &model_config::ModelConfig,
+        path: &std::path::Path,
+    ) -> anyhow::Result<Backend> {
         let backend = if self.generic {
             Backend::generic(self.isa)
         } else {
-            Backend::specialised(model.config(), path, self.isa)?
+            Backend::specialised(config, path, self.isa)?
         };
         let backend = backend.ok_or_else(|| {
             anyhow::anyhow!(
@@ -116,13 +130,14 @@ impl RunOpts {
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,
         );
-        let weights = model.config().weight_format;
         let backend = if self.zero_copy {
             backend.without_tiling()
         } else {
             backend
         };
-        Ok((model, backend.with_threads(threads).for_weights(weights)))
+        Ok(backend
+            .with_threads(threads)
+            .for_weights(config.weight_format))
     }
 }
 
@@ -172,6 +187,7 @@ pub fn main() -> ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,181 @@
+//! `baremetal serve`: the OpenAI-compatible server (engine/src/serve) on a TCP port.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use engine::serve::codec::{BuiltinChat, ChatFormat, Llama2Codec, TextCodec};
+use engine::serve::engine::EngineConfig;
+use engine::serve::{serve, ServeOptions};
+use engine::text::tokenizer::Tokenizer;
+
+/// Arguments of `serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The checkpoint (llama2.c v0 or v1 f32, v2 Q8_0, or baremetal v3 Q4_0).
+    #[arg(long)]
+    model: PathBuf,
+    /// The llama2.c tokenizer.bin of the model's vocabulary.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Address to listen on. The default accepts local connections only; 0.0.0.0 exposes the
+    /// server to the network (then set --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// TCP port (0: any free port; the address is printed at start-up).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests decoded together (slots): each engine step is one forward pass over all of them.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: u16,
+    /// Positions (prompt + generated tokens) per slot; default and maximum: the model's context.
+    #[arg(long)]
+    ctx_per_slot: Option<usize>,
+    /// Requests that may wait for a free slot; more get 503 at once.
+    #[arg(long, default_value_t = 32)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Chat template for /v1/chat/completions: a built-in name (chatml, llama2). llama2.c
+    /// checkpoints carry none, so one of these is always used for them.
+    #[arg(long, value_name = "NAME", default_value = "chatml")]
+    chat_template: String,
+    /// The model's name in requests and /v1/models (default: the checkpoint's file name).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// On SIGTERM / Ctrl-C, seconds that requests in flight may run on before they are cancelled.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+    /// Fault injection for tests: a prompt holding this token id makes an engine step panic.
+    #[arg(long, hide = true)]
+    debug_panic_token: Option<u32>,
+    #[command(flatten)]
+    run: super::RunOpts,
+}
+
+/// Runs `serve` until SIGTERM or Ctrl-C.
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let chat: Arc<dyn ChatFormat> = match BuiltinChat::from_name(&a.chat_template) {
+        Some(c) => Arc::new(c),
+        None => anyhow::bail!(
+            "--chat-template {}: there is no built-in template of that name; choose one of: {}",
+            a.chat_template,
+            BuiltinChat::NAMES.join(", ")
+        ),
+    };
+    if a.max_body == 0 {
+        anyhow::bail!("--max-body must be at least 1 byte");
+    }
+    super::existing(&a.model, "checkpoint")?;
+    let (model, backend) = a.run.load(&a.model)?;
+    let cfg = model.config().clone();
+    let Some(tok_path) = &a.tokenizer else {
+        anyhow::bail!("serving text needs --tokenizer tokenizer.bin (the model's vocabulary)");
+    };
+    super::existing(tok_path, "tokenizer")?;
+    let tokenizer = Tokenizer::from_file(tok_path, cfg.vocab_size)?;
+    if tokenizer.unread_bytes() > 0 {
+        anyhow::bail!(
+            "tokenizer {} holds more tokens than the model's vocabulary of {} ({}); use the tokenizer that belongs to this model",
+            tok_path.display(),
+            cfg.vocab_size,
+            a.model.display()
+        );
+    }
+    let codec: Arc<dyn TextCodec> = Arc::new(Llama2Codec::new(tokenizer));
+    let ctx = a.ctx_per_slot.unwrap_or(cfg.seq_len);
+    if ctx == 0 || ctx > cfg.seq_len {
+        anyhow::bail!(
+            "--ctx-per-slot {ctx} is outside 1..={}, the model's context ({})",
+            cfg.seq_len,
+            a.model.display()
+        );
+    }
+    let batch = a.run.session_options().batch;
+    let parallel = usize::from(a.parallel);
+    let model_id = a.alias.clone().unwrap_or_else(|| {
+        a.model
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let options = ServeOptions {
+        engine: EngineConfig {
+            parallel,
+            ctx_per_slot: ctx,
+            batch,
+            kv_cache: a.run.kv_cache,
+            debug_panic_token: a.debug_panic_token,
+        },
+        queue: a.queue,
+        model_id: model_id.clone(),
+        api_key: a.api_key.clone(),
+        body_limit: a.max_body,
+        shutdown_grace: Duration::from_secs(a.shutdown_timeout),
+    };
+    let addr = SocketAddr::new(a.host, a.port);
+    let listener = TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen on {addr} (is another server using the port? choose another with --port)")
+    })?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    let describe = backend.describe();
+    // The first backend is the one just loaded (its kernels were checked); a restart after a
+    // panic builds a fresh one the same way.
+    let mut first = Some(backend);
+    let (run_opts, path, model_cfg) = (a.run.clone(), a.model.clone(), cfg.clone());
+    let factory = Box::new(move || {
+        first.take().unwrap_or_else(|| {
+            run_opts
+                .backend(&model_cfg, &path)
+                .expect("the same options built a backend at start-up")
+        })
+    });
+    eprintln!(
+        "baremetal serve: listening on http://{local} (model {model_id}, {parallel} slots x {ctx} positions, prompt chunks of {batch}, queue {}, chat template {}; {describe})",
+        a.queue,
+        chat.name()
+    );
+    serve(
+        listener,
+        model,
+        factory,
+        codec,
+        chat,
+        options,
+        shutdown_signal(),
+    )?;
+    eprintln!("baremetal serve: stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
