@@ -51,11 +51,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
     /// On SIGTERM / Ctrl-C, seconds that requests in flight may run on before they are cancelled.
-    #[arg(long, default_value_t = 30)]
-    shutdown_timeout: u64,
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
     /// Fault injection for tests: a prompt holding this token id makes an engine step panic.
     #[arg(long, hide = true)]
     debug_panic_token: Option<u32>,
+    /// Fault injection for tests: sleep this many milliseconds after every engine step.
+    #[arg(long, hide = true, default_value_t = 0)]
+    debug_step_delay_ms: u64,
     #[command(flatten)]
     run: super::RunOpts,
 }
@@ -70,6 +73,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             BuiltinChat::NAMES.join(", ")
         ),
     };
+    if !(a.shutdown_timeout.is_finite() && (0.0..=86_400.0).contains(&a.shutdown_timeout)) {
+        anyhow::bail!("--shutdown-timeout must be a number of seconds between 0 and 86400");
+    }
     if a.max_body == 0 {
         anyhow::bail!("--max-body must be at least 1 byte");
     }
@@ -112,12 +118,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             batch,
             kv_cache: a.run.kv_cache,
             debug_panic_token: a.debug_panic_token,
+            debug_step_delay: Duration::from_millis(a.debug_step_delay_ms),
         },
         queue: a.queue,
         model_id: model_id.clone(),
         api_key: a.api_key.clone(),
         body_limit: a.max_body,
-        shutdown_grace: Duration::from_secs(a.shutdown_timeout),
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_timeout),
     };
     let addr = SocketAddr::new(a.host, a.port);
     let listener = TcpListener::bind(addr).with_context(|| {

@@ -28,6 +28,8 @@ struct Shared {
     state: AtomicU64,
     shares: AtomicUsize,
     done: AtomicUsize,
+    /// A share of the current job panicked (caught, so the job still completes its count).
+    panicked: AtomicBool,
     shutdown: AtomicBool,
 }
 
@@ -63,7 +65,13 @@ impl Shared {
             // SAFETY: see `Shared`; our claim keeps the job alive until `done` counts it.
             let job =
                 unsafe { (*self.job.get()).expect("a job is published with every generation") };
-            unsafe { (*job)(i) };
+            // A panicking share must still be counted: otherwise the caller waits forever, or
+            // (its own share panicking) unwinds while workers still use the borrowed job. The
+            // caller re-raises it once every share is done.
+            let run = std::panic::AssertUnwindSafe(|| unsafe { (*job)(i) });
+            if std::panic::catch_unwind(run).is_err() {
+                self.panicked.store(true, Ordering::Release);
+            }
             self.done.fetch_add(1, Ordering::Release);
         }
     }
@@ -89,6 +97,7 @@ impl Pool {
             state: AtomicU64::new(0),
             shares: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });
         let workers = (1..threads.max(1))
@@ -110,6 +119,9 @@ impl Pool {
 
     /// Runs `f(i)` for every share `i` in `0..threads()`, concurrently where workers are
     /// free; returns when all are done.
+    ///
+    /// # Panics
+    /// When a share panicked, after every share is done (the pool stays usable).
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         let shares = self.threads();
         if shares == 1 {
@@ -141,6 +153,9 @@ impl Pool {
             } else {
                 thread::yield_now();
             }
+        }
+        if self.shared.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a share of a parallel job panicked (its message is printed above)");
         }
     }
 }
@@ -240,6 +255,36 @@ mod tests {
                 hits.iter().all(|h| h.load(Ordering::Relaxed) == 2000),
                 "{threads} threads"
             );
+        }
+    }
+
+    /// A panicking share (on a worker or on the caller) reaches the caller after every share
+    /// is done, and the pool goes on working.
+    #[test]
+    fn a_panicking_share_reaches_the_caller_and_the_pool_goes_on() {
+        let pool = Pool::new(3);
+        for bad in 0..3 {
+            let done = AtomicUsize::new(0);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(&|i| {
+                    if i == bad {
+                        panic!("share {i} fails");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    done.fetch_add(1, Ordering::Relaxed);
+                })
+            }));
+            assert!(r.is_err(), "share {bad}'s panic was lost");
+            assert_eq!(
+                done.load(Ordering::Relaxed),
+                2,
+                "the other shares finished first"
+            );
+            let count = AtomicUsize::new(0);
+            pool.run(&|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(count.load(Ordering::Relaxed), 3);
         }
     }
 

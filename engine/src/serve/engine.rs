@@ -48,6 +48,9 @@ pub struct EngineConfig {
     /// Fault injection for tests: a prompt holding this token id makes the step that admits
     /// it panic.
     pub debug_panic_token: Option<u32>,
+    /// Slows every step down by this long (tests: keeps requests in flight long enough to
+    /// disconnect, fill the queue or shut down in the middle of one).
+    pub debug_step_delay: Duration,
 }
 
 impl EngineConfig {
@@ -604,6 +607,9 @@ impl<'m, 'a> Scheduler<'m, 'a> {
             }
         }
         self.metrics.completion_tokens.fetch_add(generated, Relaxed);
+        if !self.config.debug_step_delay.is_zero() {
+            std::thread::sleep(self.config.debug_step_delay);
+        }
         self.metrics.step(start.elapsed(), self.rows.len());
         self.gauges();
     }

@@ -121,6 +121,7 @@ fn endpoint_of(path: &str) -> &'static str {
         "/v1/chat/completions" => "chat_completions",
         "/v1/models" => "models",
         "/health" => "health",
+        "/metrics" => "metrics",
         _ => "other",
     }
 }
@@ -204,7 +205,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    st.metrics.request("other", 200);
+    st.metrics.request("metrics", 200);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),
