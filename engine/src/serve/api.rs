@@ -111,6 +111,8 @@ pub struct Params {
     pub include_usage: bool,
     /// Log-probabilities: `Some(n)` reports each token's and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Generate through end tokens (llama.cpp's `ignore_eos`: fixed-length runs for benchmarks).
+    pub ignore_eos: bool,
 }
 
 /// A parsed `POST /v1/completions` body.
@@ -403,7 +405,9 @@ fn parse_params(f: &Fields, chat: bool) -> Result<Params, ApiError> {
     } else {
         f.count("logprobs", 0, MAX_LOGPROBS as i64)?
     };
+    let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     Ok(Params {
+        ignore_eos,
         max_tokens,
         temperature,
         top_p,

@@ -78,6 +78,8 @@ pub struct Job {
     pub sampler: SamplerConfig,
     /// Report each token's log-probability and this many most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Do not end at end tokens (they are generated, sent and fed like any other).
+    pub ignore_eos: bool,
     /// Where the job's events go; when the receiver is dropped the job is cancelled.
     pub events: UnboundedSender<Event>,
 }
@@ -573,7 +575,7 @@ impl<'m, 'a> Scheduler<'m, 'a> {
                 a.dropped = true;
                 continue;
             };
-            if self.codec.is_end(id) {
+            if !a.job.ignore_eos && self.codec.is_end(id) {
                 a.next = u32::MAX;
                 continue;
             }

@@ -330,7 +330,8 @@ async fn chat_job(
     Ok((tokens, req.params))
 }
 
-fn too_long(st: &AppState, tokens: usize, param: &str) -> ApiError {
+/// `tokens`: the prompt's length, or a lower bound for it (`at least`).
+fn too_long(st: &AppState, tokens: &str, param: &str) -> ApiError {
     ApiError::field(
         param,
         format!(
@@ -343,7 +344,7 @@ fn too_long(st: &AppState, tokens: usize, param: &str) -> ApiError {
 
 fn check_length(st: &AppState, tokens: &[u32], param: &str) -> Result<(), ApiError> {
     if tokens.len() > st.ctx {
-        return Err(too_long(st, tokens.len(), param));
+        return Err(too_long(st, &tokens.len().to_string(), param));
     }
     Ok(())
 }
@@ -357,7 +358,7 @@ async fn encode(
 ) -> Result<Vec<u32>, ApiError> {
     let at_least = text.len() / st.codec.max_piece_bytes();
     if at_least > st.ctx {
-        return Err(too_long(st, at_least, param));
+        return Err(too_long(st, &format!("at least {at_least}"), param));
     }
     let codec = st.codec.clone();
     tokio::task::spawn_blocking(move || codec.encode(&text, special))
@@ -413,6 +414,7 @@ async fn generate(
             max_tokens,
             sampler,
             logprobs: params.logprobs,
+            ignore_eos: params.ignore_eos,
             events: tx,
         })
         .map_err(|e| ApiError::status(500, e.to_string()))?;
@@ -655,7 +657,8 @@ enum StreamState {
     Closing,
 }
 
-/// Answers with server-sent events: a chunk per token, a final chunk with `finish_reason`,
+/// Answers with server-sent events: a chunk per token (its text may be empty while a UTF-8
+/// character or a possible stop string is incomplete), a final chunk with `finish_reason`,
 /// optionally a usage chunk, then `data: [DONE]`. An engine failure is sent as an `error`
 /// event before `[DONE]`.
 fn stream(g: Generation, include_usage: bool) -> Response {
@@ -681,10 +684,9 @@ fn stream(g: Generation, include_usage: bool) -> Response {
                         pending.push_back(data(&g.chunk(&t, entry.as_ref(), None, false)))
                     }
                     Step::End(t, finish) => {
-                        if !t.is_empty() {
-                            pending.push_back(data(&g.chunk(&t, None, None, false)));
-                        }
-                        pending.push_back(data(&g.chunk("", None, Some(finish), false)));
+                        // Text held back until the end (a partial stop string or UTF-8
+                        // character) rides on the final chunk, so token chunks stay one each.
+                        pending.push_back(data(&g.chunk(&t, None, Some(finish), false)));
                         if include_usage {
                             let object = match g.kind {
                                 Kind::Completion => "text_completion",
