@@ -447,6 +447,17 @@ fn completions_chat_models_health_and_metrics() {
     assert_eq!(sampled(7), sampled(7));
     assert_ne!(sampled(7), sampled(8));
 
+    // ignore_eos: exactly max_tokens tokens, whatever the model generates.
+    for p in ["A", "The end.", "Once upon a time"] {
+        let r = ok(post(
+            a,
+            "/v1/completions",
+            &json!({"prompt": p, "max_tokens": 40, "temperature": 1.0, "seed": 5, "ignore_eos": true}),
+        ));
+        assert_eq!(r["usage"]["completion_tokens"], 40, "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], "length");
+    }
+
     // Metrics count what happened.
     let text = request(a, "GET", "/metrics", &[], b"").body;
     for want in [
@@ -829,7 +840,7 @@ fn a_full_queue_answers_503_at_once() {
         ],
     );
     let a = srv.addr.clone();
-    let body = json!({"prompt": "Once", "max_tokens": 40, "temperature": 0, "stream": true});
+    let body = json!({"prompt": "Once", "max_tokens": 100, "temperature": 0, "stream": true, "ignore_eos": true});
     let mut first = Events::open(&a, "/v1/completions", &body);
     assert!(first.next().is_some(), "the first request streams");
     let a2 = a.clone();
@@ -887,7 +898,7 @@ fn a_disconnected_client_frees_its_slot() {
         ],
     );
     let a = srv.addr.clone();
-    let long = json!({"prompt": "Once", "max_tokens": 250, "temperature": 0, "stream": true});
+    let long = json!({"prompt": "Once", "max_tokens": 250, "temperature": 0, "stream": true, "ignore_eos": true});
     for streamed in [true, false] {
         let mut body = long.clone();
         body["stream"] = json!(streamed);
@@ -1054,7 +1065,7 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
         &["--debug-step-delay-ms", "10", "--shutdown-timeout", "30"],
     );
     let a = srv.addr.clone();
-    let body = json!({"prompt": "Once", "max_tokens": 60, "temperature": 0, "stream": true});
+    let body = json!({"prompt": "Once", "max_tokens": 60, "temperature": 0, "stream": true, "ignore_eos": true});
     let mut ev = Events::open(&a, "/v1/completions", &body);
     assert!(ev.next().is_some());
     sigterm(&srv.child);
@@ -1081,7 +1092,7 @@ fn sigterm_without_grace_cancels_with_a_final_event() {
         &["--debug-step-delay-ms", "20", "--shutdown-timeout", "0"],
     );
     let a = srv.addr.clone();
-    let body = json!({"prompt": "Once", "max_tokens": 200, "temperature": 0, "stream": true});
+    let body = json!({"prompt": "Once", "max_tokens": 200, "temperature": 0, "stream": true, "ignore_eos": true});
     let mut ev = Events::open(&a, "/v1/completions", &body);
     assert!(ev.next().is_some());
     let t = Instant::now();

@@ -219,13 +219,15 @@ struct Active {
     sampler: Sampler,
     /// Prompt tokens fed so far.
     fed: usize,
-    /// The token to feed next once the prompt is in.
+    /// The token to feed next once the prompt is in (the last one generated).
     next: u32,
     generated: usize,
     /// Admission order: prompts are fed first come, first served.
     admitted: u64,
     /// Set during a step when the job ended without a result (client gone, bad logits).
     dropped: bool,
+    /// Set during a step when the model generated an end token.
+    ended: bool,
 }
 
 struct Scheduler<'m, 'a> {
@@ -460,6 +462,7 @@ impl<'m, 'a> Scheduler<'m, 'a> {
                 generated: 0,
                 admitted: self.admitted,
                 dropped: false,
+                ended: false,
             });
         }
         self.gauges();
@@ -544,6 +547,7 @@ impl<'m, 'a> Scheduler<'m, 'a> {
                 return;
             }
         };
+        let mut generated = 0u64;
         for (k, &i) in self.owners.iter().enumerate() {
             let row = &mut logits[k * vocab..(k + 1) * vocab];
             let Some(a) = &mut self.slots[i] else {
@@ -576,11 +580,12 @@ impl<'m, 'a> Scheduler<'m, 'a> {
                 continue;
             };
             if !a.job.ignore_eos && self.codec.is_end(id) {
-                a.next = u32::MAX;
+                a.ended = true;
                 continue;
             }
             a.generated += 1;
             a.next = id;
+            generated += 1;
             if a.job
                 .events
                 .send(Event::Token { id, logprob, top })
@@ -589,9 +594,12 @@ impl<'m, 'a> Scheduler<'m, 'a> {
                 a.dropped = true;
             }
         }
+        // Counted before any job is told it is done, so a client that has its answer sees it
+        // in /metrics.
+        self.metrics.completion_tokens.fetch_add(generated, Relaxed);
+        self.metrics.step(start.elapsed(), self.rows.len());
         // Second pass (the logits borrow ended): finish, fail or keep each owner.
         let ctx = self.config.ctx_per_slot;
-        let mut generated = 0u64;
         for k in 0..self.owners.len() {
             let i = self.owners[k];
             let Some(a) = &self.slots[i] else { continue };
@@ -599,21 +607,16 @@ impl<'m, 'a> Scheduler<'m, 'a> {
             if a.dropped {
                 // Cancelled (receiver gone) or failed above.
                 self.release(i);
-            } else if a.next == u32::MAX {
+            } else if a.ended {
                 self.finish(i, Finish::Stop);
-            } else {
-                generated += 1;
-                if a.generated >= a.job.max_tokens || len >= ctx {
-                    self.finish(i, Finish::Length);
-                }
+            } else if a.generated >= a.job.max_tokens || len >= ctx {
+                self.finish(i, Finish::Length);
             }
         }
-        self.metrics.completion_tokens.fetch_add(generated, Relaxed);
+        self.gauges();
         if !self.config.debug_step_delay.is_zero() {
             std::thread::sleep(self.config.debug_step_delay);
         }
-        self.metrics.step(start.elapsed(), self.rows.len());
-        self.gauges();
     }
 
     fn fail(&mut self, slot: usize, message: &str) {
