@@ -902,6 +902,8 @@ fn a_disconnected_client_frees_its_slot() {
     for streamed in [true, false] {
         let mut body = long.clone();
         body["stream"] = json!(streamed);
+        // Admitted (its permit taken) once the engine has counted its prompt.
+        let admitted = metric(&a, "baremetal_prompt_tokens_total");
         let mut s = connect(&a);
         send(
             &mut s,
@@ -911,7 +913,7 @@ fn a_disconnected_client_frees_its_slot() {
             body.to_string().as_bytes(),
         );
         let t = Instant::now();
-        while metric(&a, "baremetal_active_slots") < 1.0 {
+        while metric(&a, "baremetal_prompt_tokens_total") == admitted {
             assert!(t.elapsed() < Duration::from_secs(30));
             std::thread::sleep(Duration::from_millis(5));
         }
