@@ -668,6 +668,8 @@ macro_rules! model_tests {
                 assert_eq!((m::HEAD_DIM, m::KV_DIM), (cfg.head_dim(), cfg.kv_dim()));
                 assert_eq!(m::SHARED_CLASSIFIER, cfg.shared_classifier);
                 assert_eq!((m::ROPE_THETA, m::NORM_EPS), (cfg.rope_theta, cfg.norm_eps));
+                assert_eq!(m::ROPE_FREQ_SCALE, cfg.rope_freq_scale);
+                assert_eq!(m::ROPE_FREQ_FACTORS, cfg.rope_freq_factors.as_deref());
                 let shapes: Vec<(usize, usize)> = cfg.gemv_shapes().iter().map(|s| (s.rows, s.cols)).collect();
                 assert_eq!(m::GEMV_SHAPES, shapes.as_slice());
                 assert_eq!(m::DIM, $dim);

@@ -69,11 +69,11 @@ fn fitting_group(cfg: &ModelConfig, requested: usize) -> usize {
 /// when its `weight_format` names one, else the group `baremetal quantize` would choose.
 pub fn int8_groups(cfg: &ModelConfig) -> (usize, usize) {
     let q8 = match cfg.weight_format {
-        WeightFormat::Q8_0 { group_size } => group_size,
+        WeightFormat::Q8_0 { group_size } | WeightFormat::Mixed { group_size } => group_size,
         _ => fitting_group(cfg, DEFAULT_Q8_GROUP),
     };
     let q4 = match cfg.weight_format {
-        WeightFormat::Q4_0 { group_size } => group_size,
+        WeightFormat::Q4_0 { group_size } | WeightFormat::Mixed { group_size } => group_size,
         _ => fitting_group(cfg, DEFAULT_Q4_GROUP),
     };
     (q8, q4)

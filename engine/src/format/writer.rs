@@ -51,7 +51,9 @@ fn write_quantized(
     let (group, format, q4) = match weight_format {
         WeightFormat::Q4_0 { group_size } => (group_size, CheckpointFormat::V3, true),
         WeightFormat::Q8_0 { group_size } => (group_size, CheckpointFormat::V2, false),
-        WeightFormat::F32 => unreachable!("write_quantized is only called with a quantised format"),
+        WeightFormat::F32 | WeightFormat::Mixed { .. } => {
+            unreachable!("write_quantized is only called with Q8_0 or Q4_0")
+        }
     };
     let cfg = ModelConfig {
         weight_format,

@@ -75,7 +75,9 @@ impl RunState {
 /// RoPE rotations for every position, `(seq_len, head_dim / 2)` cosines and sines.
 ///
 /// Computed with the same f32 operations as llama2.c's `run.c` (`powf`, `cosf`, `sinf` of
-/// `pos * freq`) so that results match it, but once per model instead of per token.
+/// `pos * freq`) so that results match it, but once per model instead of per token; GGUF
+/// models' linear scaling and frequency factors (`ModelConfig::rope_freq_scale`,
+/// `rope_freq_factors`) as llama.cpp applies them: `pos · scale · freq / factor`.
 #[derive(Debug)]
 pub struct Rope {
     half: usize,
@@ -89,10 +91,14 @@ impl Rope {
         let (hs, half) = (c.head_dim(), c.head_dim() / 2);
         let mut cos = Vec::with_capacity(c.seq_len * half);
         let mut sin = Vec::with_capacity(c.seq_len * half);
+        let factors = c.rope_freq_factors.as_deref();
         for pos in 0..c.seq_len {
             for j in 0..half {
                 let freq = 1.0f32 / c.rope_theta.powf((2 * j) as f32 / hs as f32);
-                let val = pos as f32 * freq;
+                // Linear scaling and Llama 3.1's per-frequency divisors; both exact no-ops
+                // (× 1, ÷ 1) for llama2.c models, whose angles stay run.c's.
+                let divisor = factors.map_or(1.0, |f| f[j]);
+                let val = pos as f32 * freq * c.rope_freq_scale / divisor;
                 cos.push(val.cos());
                 sin.push(val.sin());
             }
