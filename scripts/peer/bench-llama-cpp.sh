@@ -10,7 +10,8 @@
 #
 # Environment: PEER_DIR (default <repo>/target/peer), MODELS (default $PEER_DIR/models),
 #              RESULTS (default $PEER_DIR/results/<UTC time>), BUILDS (default "native noamx"),
-#              KV_TYPE (default f16, llama.cpp's default; f32 is baremetal's default KV cache),
+#              KV_TYPE (default f16, llama.cpp's default; this llama-bench takes only f16, bf16, q8_0, q4_0,
+#              q4_1, q5_0, q5_1, iq4_nl, no f32: compare with `baremetal bench --kv-cache f16`),
 #              THREADS (default 1,2), REPS (default 5), N_PROMPT (default 128), N_GEN (default 256).
 #
 # Each $RESULTS/<build>.json is llama-bench's `-o json` array: one object per (model, threads, test) with
@@ -19,9 +20,13 @@
 #
 # The baremetal side, for the same shape (commands, not run here):
 #   MODEL_CONFIG=stories110m cargo build --release -p engine
-#   target/release/baremetal bench --tokens 256 --threads 1 --json      (and --threads 2; f32 synth model)
-#   target/release/baremetal bench --model $MODELS/stories110m-synth-seed0.v0.bin --tokens 256 --threads 1 --json
+#   target/release/baremetal bench --tokens 256 --threads 1 --kv-cache f16 --json    (and --threads 2)
+#   target/release/baremetal bench --model $MODELS/stories110m-synth-seed0.v0.bin --tokens 256 --threads 1 \
+#       --kv-cache f16 --json
 #     (the very weights the GGUF files were converted from; bench realigns v0 at load)
+#   target/release/baremetal quantize $MODELS/stories110m-synth-seed0.v0.bin /tmp/s110-q8.bin --format q8_0
+#     (group 64 by default; --group 32 is llama.cpp's Q8_0 block) and --format q4_0 (group 32, as Q4_0),
+#     then bench --model on each
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -41,6 +46,11 @@ else
     REPS=${REPS:-5} N_PROMPT=${N_PROMPT:-128} N_GEN=${N_GEN:-256}
     RESULTS=${RESULTS:-$PEER_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
 fi
+
+case $KV_TYPE in
+    f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | iq4_nl) ;;
+    *) die "KV_TYPE=$KV_TYPE: llama-bench takes f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 or iq4_nl (no f32)" ;;
+esac
 
 models=()
 for q in f32 q8_0 q4_0 q4_0-pure; do
