@@ -108,7 +108,7 @@ for f in "$F32" "$OUT/$NAME-q8_0.gguf" "$OUT/$NAME-q4_0.gguf" "$OUT/$NAME-q4_0-p
     "$BIN/llama-simple" -m "$f" -n 2 "Once upon a time" >"$f.simple.out" 2>"$slog" ||
         die "llama-simple failed on $f; see $slog"
     n=$(sed -nE 's/.*decoded ([0-9]+) tokens.*/\1/p' "$slog")
-    [ -n "$n" ] && [ "$n" -ge 1 ] || die "llama-simple decoded no token with $f; see $slog"
+    [ "${n:-0}" -ge 1 ] || die "llama-simple decoded no token with $f; see $slog"
     ctx=$(sed -nE 's/.*n_ctx_train += ([0-9]+).*/\1/p' "$slog" | head -1)
     [ "$ctx" = "$seq_len" ] || die "$f has context length ${ctx:-?}, expected $seq_len; see $slog"
     text=$(tr -d '\n' <"$f.simple.out")
@@ -116,4 +116,6 @@ for f in "$F32" "$OUT/$NAME-q8_0.gguf" "$OUT/$NAME-q4_0.gguf" "$OUT/$NAME-q4_0-p
 done
 
 echo "models in $OUT:"
-ls -l "$OUT"/*.gguf | awk '{printf "  %s  %d bytes\n", $NF, $5}'
+for f in "$OUT"/*.gguf; do
+    echo "  $f  $(stat -c %s "$f") bytes"
+done
