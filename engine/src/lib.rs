@@ -23,6 +23,7 @@ pub mod sampler;
 pub mod session;
 pub mod state;
 pub mod synth;
+pub mod text;
 pub mod tokenizer;
 
 pub use backend::{Backend, Matrix};

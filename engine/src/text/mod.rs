@@ -1,0 +1,3 @@
+//! Text: tokenizers and chat templates.
+
+pub mod chat_template;
