@@ -35,6 +35,16 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
         "percent_format",
         "minijinja has no Python `%` string formatting operator (an error; the `format` filter works)",
     ),
+    (
+        "iterate_none",
+        "minijinja iterates none as an empty sequence where jinja2 raises TypeError (a template that \
+         loops over a null `content` renders instead of failing)",
+    ),
+    ("none_list", "as iterate_none: `none|list` is [] rather than jinja2's TypeError"),
+    (
+        "string_named_escape",
+        "`\\N{name}` escapes in string literals stay as written (Unicode's name table is not carried)",
+    ),
 ];
 
 /// Compares one rendering with jinja2's recorded outcome; `None` when they agree. An `error`

@@ -12,6 +12,7 @@
 mod filters;
 mod json;
 mod python;
+mod source;
 mod strftime;
 
 use chrono::NaiveDateTime;
@@ -159,7 +160,7 @@ impl ChatTemplate {
                     .with_source(Raised(message)))
             },
         );
-        env.add_template_owned(NAME, prepare_source(source))
+        env.add_template_owned(NAME, source::prepare_source(source))
             .map_err(|e| TemplateError::Syntax(one_line(&e)))?;
         Ok(ChatTemplate { env })
     }
@@ -262,56 +263,6 @@ pub fn strip_added_specials<'a>(
     text
 }
 
-/// What jinja2 would have parsed, in the form minijinja parses.
-///
-/// - jinja2's lexer turns `\r\n` and `\r` into `\n` (its default `newline_sequence`), in text
-///   and string literals alike; minijinja keeps them.
-/// - HF's `AssistantTracker` extension adds `{% generation %}...{% endgeneration %}`, which
-///   renders its body outside assistant-mask tracking. `{% with %}` behaves the same (a scope
-///   of its own, the same whitespace control), so the tags are renamed.
-fn prepare_source(source: &str) -> String {
-    let source = source.replace("\r\n", "\n").replace('\r', "\n");
-    let mut out = String::with_capacity(source.len());
-    let mut rest = source.as_str();
-    while let Some(pos) = rest.find("{%") {
-        out.push_str(&rest[..pos]);
-        let tag = &rest[pos..];
-        match rename_generation_tag(tag) {
-            Some((renamed, used)) => {
-                out.push_str(&renamed);
-                rest = &tag[used..];
-            }
-            None => {
-                out.push_str("{%");
-                rest = &tag[2..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// `{%- generation +%}` → `{%- with +%}` and `{% endgeneration %}` → `{% endwith %}`, keeping
-/// whitespace control; `None` for any other tag.
-fn rename_generation_tag(tag: &str) -> Option<(String, usize)> {
-    let end = tag.find("%}")? + 2;
-    let inner = &tag[2..end - 2];
-    let (open, body) = match inner.strip_prefix(['-', '+']) {
-        Some(b) => (&inner[..1], b),
-        None => ("", inner),
-    };
-    let (body, close) = match body.strip_suffix(['-', '+']) {
-        Some(b) => (b, &body[b.len()..]),
-        None => (body, ""),
-    };
-    let word = match body.trim() {
-        "generation" => "with",
-        "endgeneration" => "endwith",
-        _ => return None,
-    };
-    Some((format!("{{%{open} {word} {close}%}}"), end))
-}
-
 /// A minijinja error as a [`TemplateError`]: `raise_exception`'s message as it was given,
 /// anything else as one line.
 fn render_error(e: &Error) -> TemplateError {
@@ -359,16 +310,6 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn generation_tags_become_with_blocks() {
-        assert_eq!(
-            prepare_source("a{%- generation %}b{% endgeneration -%}c{% if x %}"),
-            "a{%- with %}b{% endwith -%}c{% if x %}"
-        );
-        assert_eq!(prepare_source("x\r\ny\rz"), "x\ny\nz");
-        assert_eq!(prepare_source("{% generations %}"), "{% generations %}");
-    }
 
     #[test]
     fn raise_exception_is_its_own_error() {
