@@ -42,6 +42,15 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
     ),
     ("none_list", "as iterate_none: `none|list` is [] rather than jinja2's TypeError"),
     (
+        "mixed_type_compare",
+        "minijinja orders values of different types where Python raises TypeError",
+    ),
+    (
+        "tilde_float",
+        "`~` (and other string conversion inside minijinja) writes floats from 1e16 up in full \
+         (`100000000000000000000.0`), not as Python's `1e+20`; printing with {{ }} is right",
+    ),
+    (
         "string_named_escape",
         "`\\N{name}` escapes in string literals stay as written (Unicode's name table is not carried)",
     ),

@@ -11,6 +11,7 @@
 
 mod filters;
 mod json;
+mod methods;
 mod python;
 mod source;
 mod strftime;
@@ -139,7 +140,7 @@ impl ChatTemplate {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_fuel(Some(FUEL));
         env.set_formatter(filters::format_value);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(methods::call_method);
         env.add_filter("tojson", json::tojson_filter);
         env.add_filter("string", filters::string_filter);
         env.add_filter("join", filters::join_filter);
