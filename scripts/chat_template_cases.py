@@ -129,6 +129,9 @@ SNIPPETS = [
     ("none_length", "{{ n|length }}", {"n": None}),
     ("in_none", "{{ 'a' in n }}", {"n": None}),
     ("none_list", "{{ n|list }}", {"n": None}),
+    ("nesting_300", "{% set ns = namespace(x=[]) %}{% for i in range(300) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x|string|length }}|{{ ns.x|tojson|length }}", {}),
+    ("nesting_5000_repr", "{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}", {}),
+    ("nesting_5000_tojson", "{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x|tojson }}", {}),
     ("tools_not_none", "{% if tools is not none %}yes{% else %}no{% endif %}", {}),
     ("tools_null", "{% if tools is not none %}yes{% else %}no{% endif %}", {"tools": None}),
     # loops
@@ -189,6 +192,8 @@ SNIPPETS = [
     ("sort_attribute", "{{ items|sort(attribute='n')|map(attribute='n')|list }}", {"items": [{"n": 2}, {"n": 1}]}),
     ("reverse_filter", "{{ [1, 2, 3]|reverse|list }}|{{ 'abc'|reverse }}", {}),
     ("sum_min_max", "{{ [1, 2, 3]|sum }}|{{ [1, 2, 3]|min }}|{{ [1, 2, 3]|max }}|{{ items|sum(attribute='n') }}", {"items": [{"n": 2}, {"n": 1}]}),
+    ("groupby", "{% for g in messages|groupby('role') %}{{ g.grouper }}={{ g.list|length }};{% endfor %}|{% for k, items in messages|groupby('role') %}{{ k }}{% endfor %}", {"messages": MSGS}),
+    ("operator_tests", "{{ [1, 2, 3]|select('>', 1)|list }}|{{ [1, 2, 3]|reject('<=', 2)|list }}|{{ [1, 2, 3]|select('!=', 2)|list }}|{{ items|selectattr('n', 'ge', 2)|map(attribute='n')|list }}", {"items": [{"n": 2}, {"n": 1}]}),
     ("dictsort", "{{ d|dictsort }}", {"d": {"b": 1, "a": 2}}),
     ("int_float_round_abs", "{{ '3'|int }}|{{ 3.7|int }}|{{ '2.5'|float }}|{{ 2.567|round(2) }}|{{ 2.5|round }}|{{ -3|abs }}|{{ 'x'|int }}", {}),
     ("indent_filter", "{{ 'a\\nb\\n\\nc'|indent(2) }}|{{ 'a\\nb'|indent(2, true) }}|{{ 'a\\n\\nb'|indent(2, blank=true) }}", {}),

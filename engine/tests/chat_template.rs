@@ -27,7 +27,7 @@ fn cases() -> Value {
     read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chat_template_cases.json"))
 }
 
-/// Constructs where minijinja cannot follow jinja2 (see the report in the module docs of
+/// Constructs where minijinja cannot follow jinja2 (listed in the module docs of
 /// `engine::text::chat_template`): each must still differ, so a fix upstream is noticed.
 const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
     ("unary_plus", "minijinja's parser has no unary `+` (a syntax error, not a wrong text)"),
@@ -370,4 +370,21 @@ fn context_keys_keep_their_order_in_tojson() {
 fn huge_outputs_are_errors_not_aborts() {
     let t = ChatTemplate::new("{{ 'ab' * 100000000000000 }}").unwrap();
     assert!(t.render(&json!({})).is_err());
+}
+
+#[test]
+fn deeply_nested_values_are_errors_not_aborts() {
+    // Half a million levels, built one per loop step: dropping or printing such a value recurses
+    // once per level, which must neither overflow the stack nor run unbounded.
+    let build = "{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% for j in range(5) %}\
+                 {% set ns.x = [ns.x] %}{% endfor %}{% endfor %}";
+    for (tail, ok) in [
+        ("{{ ns.x|length }}", true),
+        ("{{ ns.x }}", false),
+        ("{{ ns.x|tojson }}", false),
+    ] {
+        let t = ChatTemplate::new(&format!("{build}{tail}")).unwrap();
+        let got = t.render(&json!({}));
+        assert_eq!(got.is_ok(), ok, "{tail}: {got:?}");
+    }
 }

@@ -12,17 +12,17 @@ pub fn format_value(
     _state: &mut State,
     value: &Value,
 ) -> Result<(), Error> {
-    out.write_str(&py_str(value)).map_err(|e| {
+    out.write_str(&py_str(value)?).map_err(|e| {
         Error::new(ErrorKind::WriteFailure, "could not write the output").with_source(e)
     })
 }
 
 /// jinja2's `string` filter: `str(value)`.
-pub fn string_filter(value: &Value) -> Value {
-    match value.kind() {
+pub fn string_filter(value: &Value) -> Result<Value, Error> {
+    Ok(match value.kind() {
         ValueKind::String => value.clone(),
-        _ => Value::from(py_str(value)),
-    }
+        _ => Value::from(py_str(value)?),
+    })
 }
 
 /// jinja2's `join(d='', attribute=None)`: `d.join(str(x) for x in value)`.
@@ -30,15 +30,12 @@ pub fn join_filter(value: &Value, sep: Option<String>, kwargs: Kwargs) -> Result
     let attribute: Option<Value> = kwargs.get("attribute")?;
     kwargs.assert_all_used()?;
     let sep = sep.unwrap_or_default();
-    if value.is_undefined() || value.is_none() {
-        // jinja2 iterates an Undefined as empty; None is not iterable.
-        if value.is_none() {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "join: 'NoneType' object is not iterable",
-            ));
-        }
-        return Ok(String::new());
+    // jinja2 iterates an Undefined as empty; None is not iterable.
+    if value.is_none() {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "join: none is not iterable",
+        ));
     }
     let mut out = String::new();
     for (i, item) in value.try_iter()?.enumerate() {
@@ -49,7 +46,7 @@ pub fn join_filter(value: &Value, sep: Option<String>, kwargs: Kwargs) -> Result
             Some(path) => lookup_path(&item, path)?,
             None => item,
         };
-        out.push_str(&py_str(&item));
+        out.push_str(&py_str(&item)?);
     }
     Ok(out)
 }
@@ -181,8 +178,8 @@ pub fn float_filter(value: &Value, default: Option<Value>, kwargs: Kwargs) -> Re
 }
 
 /// jinja2's `wordcount`: the number of `\w+` runs.
-pub fn wordcount_filter(value: &Value) -> usize {
-    let s = py_str(value);
+pub fn wordcount_filter(value: &Value) -> Result<usize, Error> {
+    let s = py_str(value)?;
     let mut count = 0;
     let mut in_word = false;
     for c in s.chars() {
@@ -192,7 +189,7 @@ pub fn wordcount_filter(value: &Value) -> usize {
         }
         in_word = word;
     }
-    count
+    Ok(count)
 }
 
 /// jinja2's `attr(name)`: an attribute only, never a dict key (`{'a': 1}|attr('a')` is
@@ -242,17 +239,21 @@ pub fn is_callable(v: &Value) -> bool {
 }
 
 /// jinja2's `center(width=80)`: Python's `str.center`.
-pub fn center_filter(value: &Value, width: Option<usize>) -> String {
-    let s = py_str(value);
+pub fn center_filter(value: &Value, width: Option<usize>) -> Result<String, Error> {
+    let s = py_str(value)?;
     let width = width.unwrap_or(80).min(1 << 20);
     let len = s.chars().count();
     if width <= len {
-        return s;
+        return Ok(s);
     }
     let margin = width - len;
     // CPython's rule for where the odd space goes.
     let left = margin / 2 + (margin & width & 1);
-    format!("{}{s}{}", " ".repeat(left), " ".repeat(margin - left))
+    Ok(format!(
+        "{}{s}{}",
+        " ".repeat(left),
+        " ".repeat(margin - left)
+    ))
 }
 
 /// jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`: text up to
@@ -271,7 +272,7 @@ pub fn truncate_filter(
     let end = first(end, kwargs.get("end")?).unwrap_or_else(|| "...".to_string());
     let leeway = kwargs.get::<Option<usize>>("leeway")?.unwrap_or(5);
     kwargs.assert_all_used()?;
-    let s = py_str(value);
+    let s = py_str(value)?;
     let chars: Vec<char> = s.chars().collect();
     let end_len = end.chars().count();
     if length < end_len {

@@ -13,7 +13,10 @@ use minijinja::value::{Kwargs, Rest, Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 
 use super::filters::is_dict;
-use super::python::float_repr;
+use super::python::{float_repr, too_deep, MAX_DEPTH};
+
+/// A bound on the text, which `indent` can inflate far beyond the value's own size.
+const MAX_BYTES: usize = 64 << 20;
 
 /// How `json.dumps` was asked to write.
 struct Options {
@@ -118,6 +121,9 @@ fn not_serializable(what: impl std::fmt::Display) -> Error {
 }
 
 fn write_value(out: &mut String, v: &Value, opts: &Options, level: usize) -> Result<(), Error> {
+    if level > MAX_DEPTH {
+        return Err(too_deep("tojson"));
+    }
     match v.kind() {
         ValueKind::Undefined => Err(not_serializable("Undefined")),
         ValueKind::None => {
@@ -191,6 +197,12 @@ fn write_container(
             out.push_str(&opts.item_sep);
         }
         if let Some(unit) = &opts.indent {
+            if out.len() + unit.len() * inner > MAX_BYTES {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: the text would exceed {MAX_BYTES} bytes"),
+                ));
+            }
             out.push('\n');
             out.push_str(&unit.repeat(inner));
         }

@@ -4,24 +4,40 @@
 use std::fmt::Write;
 
 use minijinja::value::{Value, ValueKind};
+use minijinja::{Error, ErrorKind};
 
-/// `str(value)` in Python, for the values a chat template can hold.
-pub fn py_str(value: &Value) -> String {
-    let mut out = String::new();
-    write_str(&mut out, value);
-    out
+/// How deep `repr` and `tojson` go before giving up, as Python does with a RecursionError near
+/// its default limit of 1000 frames (a template can build deeper values in a loop).
+pub const MAX_DEPTH: usize = 900;
+
+pub fn too_deep(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "{what}: value nested more than {MAX_DEPTH} levels deep (Python raises RecursionError)"
+        ),
+    )
 }
 
-fn write_str(out: &mut String, value: &Value) {
+/// `str(value)` in Python, for the values a chat template can hold.
+pub fn py_str(value: &Value) -> Result<String, Error> {
     match value.kind() {
-        ValueKind::Undefined => {}
-        ValueKind::String => out.push_str(value.as_str().unwrap_or_default()),
-        _ => write_repr(out, value),
+        ValueKind::Undefined => Ok(String::new()),
+        ValueKind::String => Ok(value.as_str().unwrap_or_default().to_string()),
+        _ => {
+            let mut out = String::new();
+            write_repr(&mut out, value, 0)?;
+            Ok(out)
+        }
     }
 }
 
 /// `repr(value)`: how Python writes a value inside a list or dict.
-fn write_repr(out: &mut String, value: &Value) {
+fn write_repr(out: &mut String, value: &Value, depth: usize) -> Result<(), Error> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep("repr"));
+    }
+    let items = |v: &Value| -> Vec<Value> { v.try_iter().map(|i| i.collect()).unwrap_or_default() };
     match value.kind() {
         // jinja2's Undefined has no repr of its own in a container; it only reaches one through
         // a literal such as `[undef]`, which Python shows as `Undefined`.
@@ -30,43 +46,30 @@ fn write_repr(out: &mut String, value: &Value) {
         ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
         ValueKind::Number => write_number(out, value),
         ValueKind::String => write_string_repr(out, value.as_str().unwrap_or_default()),
-        ValueKind::Seq if value.is_tuple() => {
-            let items: Vec<Value> = value.try_iter().map(|i| i.collect()).unwrap_or_default();
-            out.push('(');
+        ValueKind::Seq => {
+            let tuple = value.is_tuple();
+            let items = items(value);
+            out.push(if tuple { '(' } else { '[' });
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_repr(out, item);
+                write_repr(out, item, depth + 1)?;
             }
-            if items.len() == 1 {
+            if tuple && items.len() == 1 {
                 out.push(',');
             }
-            out.push(')');
-        }
-        ValueKind::Seq => {
-            out.push('[');
-            if let Ok(items) = value.try_iter() {
-                for (i, item) in items.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    write_repr(out, &item);
-                }
-            }
-            out.push(']');
+            out.push(if tuple { ')' } else { ']' });
         }
         ValueKind::Map if super::filters::is_dict(value) => {
             out.push('{');
-            if let Ok(keys) = value.try_iter() {
-                for (i, key) in keys.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    write_repr(out, &key);
-                    out.push_str(": ");
-                    write_repr(out, &value.get_item(&key).unwrap_or_default());
+            for (i, key) in items(value).iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
                 }
+                write_repr(out, key, depth + 1)?;
+                out.push_str(": ");
+                write_repr(out, &value.get_item(key).unwrap_or_default(), depth + 1)?;
             }
             out.push('}');
         }
@@ -76,6 +79,7 @@ fn write_repr(out: &mut String, value: &Value) {
             let _ = write!(out, "{value}");
         }
     }
+    Ok(())
 }
 
 fn write_number(out: &mut String, value: &Value) {
@@ -227,9 +231,12 @@ mod tests {
             "both ' \"",
             "\u{1}é"
         ])));
-        assert_eq!(py_str(&v), r#"["it's", 'say "hi"', 'both \' "', '\x01é']"#);
-        assert_eq!(py_str(&Value::from(())), "None");
-        assert_eq!(py_str(&Value::UNDEFINED), "");
-        assert_eq!(py_str(&Value::from(true)), "True");
+        assert_eq!(
+            py_str(&v).unwrap(),
+            r#"["it's", 'say "hi"', 'both \' "', '\x01é']"#
+        );
+        assert_eq!(py_str(&Value::from(())).unwrap(), "None");
+        assert_eq!(py_str(&Value::UNDEFINED).unwrap(), "");
+        assert_eq!(py_str(&Value::from(true)).unwrap(), "True");
     }
 }
