@@ -7,6 +7,7 @@ mod inspect;
 mod plot;
 mod quantize;
 mod synth;
+mod template;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -41,6 +42,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Compare a quantised checkpoint with its f32 original: greedy agreement and mean KL.
     Eval(eval::EvalArgs),
+    /// Render a chat template with a JSON context and print the prompt exactly.
+    Template(template::TemplateArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -172,6 +175,7 @@ pub fn main() -> ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Template(a) => template::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
