@@ -91,7 +91,10 @@ impl InputQuantizer {
     /// Allocates nothing.
     #[inline]
     pub fn input<'a>(&'a mut self, x: &'a [f32], rows: usize) -> GemvInput<'a> {
-        let Some(group) = self.group else {
+        // Rows that are not whole groups feed no quantised matrix (a mixed GGUF keeps such
+        // matrices in f32), so they stay unquantised.
+        let whole = |g: usize| (x.len() / rows.max(1)).is_multiple_of(g);
+        let Some(group) = self.group.filter(|&g| whole(g)) else {
             return GemvInput {
                 x,
                 rows,

@@ -120,3 +120,41 @@ impl Rope {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rotation of pair j at position p is by `p · scale · θ^(-2j/d) / factor_j`, computed
+    /// here in f64 from the definition (llama.cpp's ggml_rope_cache_init).
+    #[test]
+    fn rope_applies_linear_scaling_and_frequency_factors() {
+        let mut c = model_config::preset("stories260k").unwrap(); // head_dim 8: 4 pairs
+        c.rope_theta = 500000.0;
+        c.rope_freq_scale = 0.5;
+        c.rope_freq_factors = Some(vec![1.0, 2.0, 4.0, 8.0]);
+        let rope = Rope::new(&c);
+        for pos in [0usize, 1, 7, 300] {
+            let mut v: Vec<f32> = (0..8).map(|i| 1.0 + i as f32).collect();
+            let orig = v.clone();
+            rope.rotate(&mut v, pos);
+            for j in 0..4 {
+                let f = (500000f64).powf(-(2.0 * j as f64) / 8.0);
+                let angle = pos as f64 * 0.5 * f / [1.0, 2.0, 4.0, 8.0][j];
+                let (x0, x1) = (orig[2 * j] as f64, orig[2 * j + 1] as f64);
+                let want = (
+                    x0 * angle.cos() - x1 * angle.sin(),
+                    x0 * angle.sin() + x1 * angle.cos(),
+                );
+                assert!(
+                    (v[2 * j] as f64 - want.0).abs() < 1e-4,
+                    "pos {pos} pair {j}"
+                );
+                assert!(
+                    (v[2 * j + 1] as f64 - want.1).abs() < 1e-4,
+                    "pos {pos} pair {j}"
+                );
+            }
+        }
+    }
+}
