@@ -369,3 +369,110 @@ fn bad_gguf_files_are_refused_with_one_clear_error() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+// ---------------------------------------------------------------------------------------
+// The subcommands on GGUF files.
+// ---------------------------------------------------------------------------------------
+
+fn baremetal(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_baremetal"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `logits --json` prints llama.cpp's teacher-forced figures (within tolerance) for a GGUF.
+#[test]
+fn logits_command_matches_llama_cpp() {
+    let (Some(path), Some(reference)) = (
+        fixture("gguf/models/synth-llama3-q8_0.gguf"),
+        fixture("gguf/reference/synth-llama3-q8_0.forced48.json"),
+    ) else {
+        return;
+    };
+    let want: Forced = read_json(&reference);
+    let ids: Vec<String> = want.input[..12].iter().map(|i| i.to_string()).collect();
+    let o = baremetal(&[
+        "logits",
+        "--model",
+        path.to_str().unwrap(),
+        "--ids",
+        &ids.join(" "),
+        "--top",
+        "5",
+        "--json",
+        "--generic",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let positions = j["positions"].as_array().unwrap();
+    assert_eq!(positions.len(), 12);
+    let tol = tolerance("q8_0") * scale(&want.top5);
+    for (pos, p) in positions.iter().enumerate() {
+        assert_eq!(p["input"].as_u64().unwrap() as u32, want.input[pos]);
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        // Our top-5 ids, with logits; every llama.cpp top-5 id that is in ours is close.
+        let ours: Vec<(u32, f32)> = top
+            .iter()
+            .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap() as f32))
+            .collect();
+        assert!(ours.windows(2).all(|w| w[0].1 >= w[1].1), "sorted");
+        for &(id, l) in &want.top5[pos] {
+            if let Some(&(_, got)) = ours.iter().find(|o| o.0 == id) {
+                assert!(
+                    (got - l).abs() <= tol,
+                    "position {pos} id {id}: {got} vs {l}"
+                );
+            }
+        }
+        if want.top5[pos][0].1 - want.top5[pos][1].1 > 2.0 * tol {
+            assert_eq!(p["argmax"].as_u64().unwrap() as u32, want.argmax[pos]);
+        }
+    }
+}
+
+/// `template --model` renders the GGUF's own chat template (Phi-3.5's, in the synthesised
+/// files) exactly as jinja2 rendered it.
+#[test]
+fn template_command_reads_the_models_chat_template() {
+    let (Some(model), Some(cases)) = (
+        fixture("gguf/models/synth-llama3-f16.gguf"),
+        fixture("gguf/reference/chat_templates.json"),
+    ) else {
+        return;
+    };
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(cases).unwrap()).unwrap();
+    let dir = temp_dir("gguf-template");
+    let mut checked = 0;
+    for c in cases
+        .iter()
+        .filter(|c| c["template"] == "microsoft-Phi-3.5-mini-instruct.jinja")
+    {
+        let Some(rendered) = c["rendered"].as_str() else {
+            continue;
+        };
+        let ctx = dir.join("ctx.json");
+        std::fs::write(&ctx, c["context"].to_string()).unwrap();
+        let o = baremetal(&[
+            "template",
+            "--model",
+            model.to_str().unwrap(),
+            "--context",
+            ctx.to_str().unwrap(),
+            "--now",
+            "2024-07-26",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            String::from_utf8(o.stdout).unwrap(),
+            rendered,
+            "{}",
+            c["case"]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "phi-3.5 cases in the fixture");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod generate;
 mod inspect;
+mod logits;
 mod plot;
 mod quantize;
 mod synth;
@@ -44,6 +45,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render a chat template with a JSON context and print the prompt exactly.
     Template(template::TemplateArgs),
+    /// Teacher-forced next-token logits for a list of ids (top-k per position, or JSON).
+    Logits(logits::LogitsArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -176,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Quantize(a) => quantize::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Template(a) => template::run(a),
+        Command::Logits(a) => logits::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

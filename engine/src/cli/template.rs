@@ -42,14 +42,31 @@ fn parse_now(s: &str) -> Result<NaiveDateTime, String> {
         .map_err(|_| format!("{s:?} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"))
 }
 
-/// The chat template stored in a GGUF model (`tokenizer.chat_template`).
+/// The chat template stored in a GGUF model (`tokenizer.chat_template`), read from the
+/// header alone (the tensors are not touched).
 pub fn template_source_from_model(path: &Path) -> anyhow::Result<String> {
     super::existing(path, "model")?;
-    anyhow::bail!(
-        "reading the chat template from a GGUF model ({}) is not available yet; save the template \
-         as a file and pass it with --template, or use --builtin",
-        path.display()
-    )
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: read-only private mapping; like every mmap reader we rely on nobody truncating
+    // the file meanwhile.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("mapping {}", path.display()))?;
+    if !map.starts_with(b"GGUF") {
+        anyhow::bail!(
+            "{} is not a GGUF file, so it carries no chat template; pass one with --template or --builtin",
+            path.display()
+        );
+    }
+    let g = engine::format::gguf::Gguf::parse(&map)
+        .with_context(|| format!("{} is not a usable GGUF file", path.display()))?;
+    match g.get_str("tokenizer.chat_template") {
+        Ok(Some(t)) => Ok(t.to_string()),
+        Ok(None) => anyhow::bail!(
+            "{} has no tokenizer.chat_template; pass one with --template FILE or --builtin NAME",
+            path.display()
+        ),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
 }
 
 /// Renders and prints the prompt, byte for byte.

@@ -273,10 +273,12 @@ pub fn config(g: &Gguf, stem: &str) -> Result<ModelConfig, GgufModelError> {
                 )))
             }
         },
-        Some(other) => return Err(GgufModelError::Bad(format!(
+        Some(other) => {
+            return Err(GgufModelError::Bad(format!(
             "llama.rope.scaling.type is `{other}`; baremetal runs linear scaling and Llama 3.1's \
                  rope_freqs only"
-        ))),
+        )))
+        }
     };
     let rope_freq_factors = match g.tensor("rope_freqs.weight") {
         None => None,
