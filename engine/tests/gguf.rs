@@ -476,3 +476,86 @@ fn template_command_reads_the_models_chat_template() {
     assert!(checked >= 3, "phi-3.5 cases in the fixture");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `synth --format gguf` writes the v1 file's weights: as F32 the GGUF gives bit for bit the
+/// v1 file's logits; as Q8_0 / Q4_0 (llama.cpp's block rules) the quantisation moves them by
+/// at most 3 % / 10 % of the largest logit (random weights are the worst case for 4 bits; the
+/// exactness of the Q4_0 decoding itself is checked against llama.cpp above). With
+/// `--vocab-from`, the tokenizer keys travel along.
+#[test]
+fn synth_writes_gguf_with_the_weights_of_v1() {
+    let dir = temp_dir("gguf-synth");
+    let vocab = fixture("gguf/vocab/ggml-vocab-llama-spm.gguf");
+    let v1 = dir.join("s15.bin");
+    let run = |args: &[&str]| {
+        let o = baremetal(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "synth",
+        "--config",
+        "stories15m",
+        "--out",
+        v1.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    let reference = Model::open(&v1, Realign::Never).unwrap();
+    let tokens = [1u32, 450, 2011, 29892, 6, 17];
+    let logits = |m: &Model| -> Vec<Vec<f32>> {
+        let mut s = Session::new(m, Backend::generic(None).unwrap());
+        tokens
+            .iter()
+            .map(|&t| s.step(t).unwrap().to_vec())
+            .collect()
+    };
+    let want = logits(&reference);
+    for (ty, tol) in [("f32", 0.0), ("q8_0", 0.03), ("q4_0", 0.10)] {
+        let out = dir.join(format!("s15-{ty}.gguf"));
+        let mut args = vec![
+            "synth",
+            "--config",
+            "stories15m",
+            "--out",
+            out.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--format",
+            "gguf",
+            "--gguf-type",
+            ty,
+        ];
+        if let Some(v) = &vocab {
+            args.extend(["--vocab-from", v.to_str().unwrap()]);
+        }
+        run(&args);
+        let m = Model::open(&out, Realign::IfMisaligned).unwrap();
+        assert!(m.config().same_shape(reference.config()), "{ty}");
+        for (pos, (g, w)) in logits(&m).iter().zip(&want).enumerate() {
+            let s = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let worst = g.iter().zip(w).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            if ty == "f32" {
+                assert!(
+                    g.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "f32 position {pos}"
+                );
+            } else {
+                assert!(worst <= tol * s, "{ty} position {pos}: off {worst} of {s}");
+            }
+        }
+        if vocab.is_some() {
+            let g_bytes = std::fs::read(&out).unwrap();
+            let g = engine::format::gguf::Gguf::parse(&g_bytes).unwrap();
+            assert_eq!(g.get_str("tokenizer.ggml.model").unwrap(), Some("llama"));
+            assert_eq!(
+                g.get_array("tokenizer.ggml.tokens").unwrap().unwrap().len(),
+                32000
+            );
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

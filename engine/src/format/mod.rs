@@ -6,6 +6,7 @@ pub mod error;
 pub mod ggml;
 pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_writer;
 pub mod model;
 pub mod quant;
 pub mod synth;
