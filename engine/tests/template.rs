@@ -226,9 +226,9 @@ fn bad_input_is_one_clear_line() {
         ]),
         &["2025-02-30", "YYYY-MM-DD"],
     );
-    // Until the GGUF reader lands, --model says so plainly.
+    // A file that is not a usable GGUF: one clear line naming it.
     assert_clear_error(
         &run(&["--model", s(&model), "--context", s(&good_ctx)]),
-        &["model.gguf", "not available yet", "--template"],
+        &["model.gguf", "not a usable GGUF file"],
     );
 }

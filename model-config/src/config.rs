@@ -172,6 +172,16 @@ fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(v.to_string().parse().unwrap_or(*v as f64))
 }
 
+/// [`shortest_f32`] for each value of an optional list.
+fn shortest_f32s<S: serde::Serializer>(v: &Option<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
+    let shortest: Option<Vec<f64>> = v.as_ref().map(|v| {
+        v.iter()
+            .map(|x| x.to_string().parse().unwrap_or(*x as f64))
+            .collect()
+    });
+    shortest.serialize(s)
+}
+
 fn default_rope_theta() -> f32 {
     10000.0
 }
@@ -231,7 +241,11 @@ pub struct ModelConfig {
     pub rope_freq_scale: f32,
     /// Per-frequency RoPE divisors, one per rotated pair (`head_dim / 2`): Llama 3.1's
     /// frequency scaling (GGUF `rope_freqs.weight`). Absent: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shortest_f32s"
+    )]
     pub rope_freq_factors: Option<Vec<f32>>,
     /// Weight storage format.
     #[serde(default)]

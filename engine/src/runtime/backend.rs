@@ -356,7 +356,8 @@ impl Backend {
                 let inputs = generated::TiledInputs {
                     q: xt.q,
                     scales: q8().scales,
-                    corr: xt.corr,
+                    scales_tt: xt.scales_tt,
+                    corr: xt.corr_q8,
                 };
                 self.for_row_shares(rows, &|r| unsafe {
                     let w = w.rows(r.clone(), cols);
@@ -372,7 +373,8 @@ impl Backend {
                 let inputs = generated::TiledInputs {
                     q: xt.q,
                     scales: q8().scales,
-                    corr: xt.corr,
+                    scales_tt: xt.scales_tt,
+                    corr: xt.corr_q4,
                 };
                 self.for_row_shares(rows, &|r| unsafe {
                     let w = w.rows(r.clone(), cols);
@@ -511,7 +513,7 @@ impl Backend {
             .expect(TILED_KERNEL);
         self.for_row_blocks(out, &|r, out| {
             let w = w.rows(r, cols);
-            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr, out)
+            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr_q8, out)
         });
     }
 
@@ -524,7 +526,7 @@ impl Backend {
             .expect(TILED_KERNEL);
         self.for_row_blocks(out, &|r, out| {
             let w = w.rows(r, cols);
-            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr, out)
+            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr_q4, out)
         });
     }
 
