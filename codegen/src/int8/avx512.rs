@@ -213,6 +213,8 @@ fn batch_tile(q4: bool, cols: usize, p: usize) -> TokenStream {
     // The rows' weights for the chunk (Q4: the two blocks' nibbles), kept for every token.
     for r in 0..4 {
         let (wr, off) = (ident(&format!("w{r}")), lit(r * BLOCK));
+        // As in the GEMV: with few tokens the tile is as much a stream as a product.
+        step.push(quote!(prefetch(w.add(#off));));
         if q4 {
             let (lo, hi) = (ident(&format!("lo{r}")), ident(&format!("hi{r}")));
             step.push(quote! {
