@@ -151,6 +151,8 @@ fn test_models() -> Vec<ModelConfig> {
             shared_classifier: shared,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: None,
             weight_format,
         };
         cfg.validate()

@@ -66,6 +66,14 @@ fn constants(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
     let shared = cfg.shared_classifier;
     let theta = Literal::f32_unsuffixed(cfg.rope_theta);
     let eps = Literal::f32_unsuffixed(cfg.norm_eps);
+    let freq_scale = Literal::f32_unsuffixed(cfg.rope_freq_scale);
+    let factors = match &cfg.rope_freq_factors {
+        Some(f) => {
+            let f = f.iter().map(|&v| Literal::f32_unsuffixed(v));
+            quote!(Some(&[#(#f),*]))
+        }
+        None => quote!(None),
+    };
     let toml = raw_string(&cfg.to_toml());
     let shape_list = shapes.iter().map(|s| {
         let (r, c) = (lit(s.rows), lit(s.cols));
@@ -106,6 +114,10 @@ fn constants(cfg: &ModelConfig, shapes: &[Shape]) -> TokenStream {
         pub const ROPE_THETA: f32 = #theta;
         #[doc = " RMSNorm epsilon, baked into every `rmsnorm_*` kernel."]
         pub const NORM_EPS: f32 = #eps;
+        #[doc = " Linear RoPE scaling of positions (1: none)."]
+        pub const ROPE_FREQ_SCALE: f32 = #freq_scale;
+        #[doc = " Per-frequency RoPE divisors (Llama 3.1 scaling), one per rotated pair, if any."]
+        pub const ROPE_FREQ_FACTORS: Option<&[f32]> = #factors;
         #[doc = " The config as TOML, so the engine can rebuild the `ModelConfig` this module was made from."]
         pub const CONFIG_TOML: &str = #toml;
         #shapes_doc

@@ -37,6 +37,8 @@ fn odd() -> ModelConfig {
         shared_classifier: false,
         rope_theta: 10000.0,
         norm_eps: 1e-5,
+        rope_freq_scale: 1.0,
+        rope_freq_factors: None,
         weight_format: WeightFormat::F32,
     };
     cfg.validate().unwrap();
@@ -311,10 +313,10 @@ fn module_has_the_promised_interface() {
             .and_then(|rest| rest.split("\"#;").next())
             .unwrap();
         assert_eq!(ModelConfig::from_toml_str(toml).unwrap(), cfg);
-        // Weights are never emitted: besides 0.0 (padding) only ROPE_THETA, NORM_EPS and
-        // each ISA's RMSNorm 1, n and eps appear, whatever the model's size.
+        // Weights are never emitted: besides 0.0 (padding) only ROPE_THETA, NORM_EPS,
+        // ROPE_FREQ_SCALE and each ISA's RMSNorm 1, n and eps appear, whatever the model's size.
         let floats = nonzero_float_literals(file.to_token_stream());
-        assert_eq!(floats, 2 + 4 * 3, "{}: float literals", cfg.name);
+        assert_eq!(floats, 3 + 4 * 3, "{}: float literals", cfg.name);
     }
 }
 

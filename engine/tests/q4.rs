@@ -159,7 +159,10 @@ fn q4_writer_matches_the_independent_writer() {
             assert!(err <= s / 2.0 * (1.0 + 1e-5), "wq[1][{i}]: {err} > {s} / 2");
         }
         let q = Model::open(&ours, Realign::Never).unwrap();
-        assert_eq!(q.format(), CheckpointFormat::V3);
+        assert_eq!(
+            q.format(),
+            engine::format::FileFormat::Llama2c(CheckpointFormat::V3)
+        );
         assert_eq!(
             q.config().weight_format,
             WeightFormat::Q4_0 { group_size: group }

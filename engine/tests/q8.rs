@@ -185,7 +185,10 @@ fn quantize_writes_what_llama2c_export_writes() {
             report.max_error
         );
         let q = Model::open(&ours, Realign::Never).unwrap();
-        assert_eq!(q.format(), CheckpointFormat::V2);
+        assert_eq!(
+            q.format(),
+            engine::format::FileFormat::Llama2c(CheckpointFormat::V2)
+        );
         assert_eq!(
             q.config().weight_format,
             WeightFormat::Q8_0 { group_size: group }

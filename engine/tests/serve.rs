@@ -1167,3 +1167,57 @@ fn bad_flags_are_one_clear_error() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("cannot listen"), "{err}");
 }
+
+/// `--chat-template FILE` renders the conversation with that Jinja file; a template that
+/// refuses a conversation (`raise_exception`) is a 400 naming `messages`.
+#[test]
+fn chat_template_from_a_file() {
+    let Some(s) = setup("template", 128) else {
+        return;
+    };
+    let dir = common::temp_dir("serve-template-file");
+    let file = dir.join("t.jinja");
+    std::fs::write(
+        &file,
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role here') }}{% endif %}\
+         [{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}",
+    )
+    .unwrap();
+    let srv = start(&s, &["--chat-template", file.to_str().unwrap()]);
+    let a = &srv.addr;
+    let tok = Tokenizer::from_file(&s.tokenizer, 32000).unwrap();
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+        {"role": "user", "content": "Tell"}], "max_tokens": 3, "temperature": 0});
+    let r = ok(post(a, "/v1/chat/completions", &body));
+    let rendered = "[user] Hi\n[assistant] Yo\n[user] Tell\n[assistant]";
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        tok.encode(rendered, true, false).len()
+    );
+    // The same text as a plain completion gives the same greedy answer.
+    let c = ok(post(a, "/v1/completions", &greedy(rendered, 3)));
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        c["choices"][0]["text"]
+    );
+    let refused = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "system", "content": "x"}]}),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let e = &refused.json()["error"];
+    assert_eq!(e["param"], "messages");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no system role here"),
+        "{e}"
+    );
+    let models = ok(request(a, "GET", "/v1/models", &[], b""));
+    assert_eq!(
+        models["data"][0]["meta"]["chat_template"],
+        file.to_str().unwrap()
+    );
+}

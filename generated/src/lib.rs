@@ -188,9 +188,9 @@ impl fmt::Display for Int8Isa {
 /// `(w, w_scales, x, x_scales, x_corrections, out)`, all tiled (`model_config::tiled`).
 pub type Int8GemvFn<W> = unsafe fn(&[W], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
 
-/// The batched form of [`Int8GemvFn`]: `(w, w_scales, x, x_scales, x_corrections, out, ld)` with
-/// the tokens' tiled inputs one after another, writing `out[t * ld + r]`.
-pub type Int8BatchFn<W> = unsafe fn(&[W], &[f32], &[i8], &[f32], &[i32], *mut f32, usize);
+/// The batched form of [`Int8GemvFn`]: `(w, w_scales, inputs, out, ld)` with the tokens' tiled
+/// inputs one after another, writing `out[t * ld + r]`.
+pub type Int8BatchFn<W> = unsafe fn(&[W], &[f32], TiledInputs, *mut f32, usize);
 
 /// Tiled int8 inputs as the batched kernels take them: each token's tiled values, scales and
 /// lane corrections, one token after another.
@@ -200,6 +200,9 @@ pub struct TiledInputs<'a> {
     pub q: &'a [i8],
     /// One scale per group.
     pub scales: &'a [f32],
+    /// The same scales by tiles of tokens (`model_config::tiled::token_tile_scales`), for the
+    /// instruction sets whose register tiles read them so.
+    pub scales_tt: &'a [f32],
     /// `-offset · Σ` of every four values (`model_config::tiled::input_correction`).
     pub corr: &'a [i32],
 }
@@ -272,7 +275,7 @@ impl<W> Int8Gemv<W> {
         ld: usize,
     ) {
         // SAFETY: `new`'s contract for the CPU; the caller's for `out`.
-        unsafe { (self.batch)(w, w_scales, x.q, x.scales, x.corr, out, ld) }
+        unsafe { (self.batch)(w, w_scales, x, out, ld) }
     }
 }
 

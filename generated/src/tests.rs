@@ -334,8 +334,8 @@ fn int8_reference(
 type Reference<'a> = &'a dyn Fn(&[i8], &[f32]) -> Vec<(f64, f64)>;
 /// A single-token int8 kernel: `(w, w_scales, x, x_scales, corr, out)`.
 type Single<'a, W> = &'a dyn Fn(&[W], &[f32], &[i8], &[f32], &[i32], &mut [f32]);
-/// A batched int8 kernel: `(w, w_scales, x, x_scales, corr, out, ld)`.
-type Batch<'a, W> = &'a dyn Fn(&[W], &[f32], &[i8], &[f32], &[i32], *mut f32, usize);
+/// A batched int8 kernel: `(w, w_scales, inputs, out, ld)`.
+type Batch<'a, W> = &'a dyn Fn(&[W], &[f32], crate::TiledInputs, *mut f32, usize);
 
 /// Tiled inputs of `tokens` tokens, one after another: values, scales, lane corrections (for
 /// `offset`), and each token's f64 reference rows from `reference(xq, xs)`.
@@ -403,15 +403,15 @@ fn check_int8_batch<W: Copy>(
             for t in 0..tokens {
                 out[t * ld..t * ld + len].fill(f32::NAN);
             }
-            batch(
-                wb,
-                sb,
-                &input.x,
-                &input.xs,
-                &input.corr,
-                out.as_mut_ptr(),
-                ld,
-            );
+            let mut table = vec![f32::NAN; input.xs.len()];
+            model_config::tiled::token_tile_scales(&input.xs, tokens, cols, group, &mut table);
+            let inputs = crate::TiledInputs {
+                q: &input.x,
+                scales: &input.xs,
+                scales_tt: &table,
+                corr: &input.corr,
+            };
+            batch(wb, sb, inputs, out.as_mut_ptr(), ld);
             let mut alone = vec![f32::NAN; len];
             for t in 0..tokens {
                 let (x, xs, c) = (
@@ -447,7 +447,7 @@ fn check_q8(
     rng: &mut Rng,
     (rows, cols, group): (usize, usize, usize),
     kernel: impl Fn(&[i8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
-    batch: impl Fn(&[i8], &[f32], &[i8], &[f32], &[i32], *mut f32, usize),
+    batch: impl Fn(&[i8], &[f32], crate::TiledInputs, *mut f32, usize),
 ) {
     use model_config::tiled::{input_correction, tile_input, tile_q8, Q8_OFFSET};
     let q: Vec<i8> = (0..rows * cols)
@@ -489,7 +489,7 @@ fn check_q4(
     rng: &mut Rng,
     (rows, cols, group): (usize, usize, usize),
     kernel: impl Fn(&[u8], &[f32], &[i8], &[f32], &[i32], &mut [f32]),
-    batch: impl Fn(&[u8], &[f32], &[i8], &[f32], &[i32], *mut f32, usize),
+    batch: impl Fn(&[u8], &[f32], crate::TiledInputs, *mut f32, usize),
 ) {
     use model_config::tiled::{input_correction, tile_input, tile_q4, Q4_OFFSET};
     let q: Vec<i8> = (0..rows * cols)
@@ -626,7 +626,7 @@ macro_rules! model_tests {
                             &label, &mut rng, (rows, cols, m::Q8_GROUP),
                             |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out),
                             // SAFETY: check_int8_batch passes an output of every token's rows.
-                            |w, ws, q, scales, corr, out, ld| unsafe { k.run_batch(w, ws, crate::TiledInputs { q, scales, corr }, out, ld) },
+                            |w, ws, x, out, ld| unsafe { k.run_batch(w, ws, x, out, ld) },
                         );
                     }
                     for &(rows, cols) in m::Q4_SHAPES {
@@ -637,7 +637,7 @@ macro_rules! model_tests {
                             &label, &mut rng, (rows, cols, m::Q4_GROUP),
                             |w, ws, x, xs, c, out| k.run(w, ws, x, xs, c, out),
                             // SAFETY: check_int8_batch passes an output of every token's rows.
-                            |w, ws, q, scales, corr, out, ld| unsafe { k.run_batch(w, ws, crate::TiledInputs { q, scales, corr }, out, ld) },
+                            |w, ws, x, out, ld| unsafe { k.run_batch(w, ws, x, out, ld) },
                         );
                     }
                     // Exactly the shapes whose rows are whole chunks are listed.
@@ -668,6 +668,8 @@ macro_rules! model_tests {
                 assert_eq!((m::HEAD_DIM, m::KV_DIM), (cfg.head_dim(), cfg.kv_dim()));
                 assert_eq!(m::SHARED_CLASSIFIER, cfg.shared_classifier);
                 assert_eq!((m::ROPE_THETA, m::NORM_EPS), (cfg.rope_theta, cfg.norm_eps));
+                assert_eq!(m::ROPE_FREQ_SCALE, cfg.rope_freq_scale);
+                assert_eq!(m::ROPE_FREQ_FACTORS, cfg.rope_freq_factors.as_deref());
                 let shapes: Vec<(usize, usize)> = cfg.gemv_shapes().iter().map(|s| (s.rows, s.cols)).collect();
                 assert_eq!(m::GEMV_SHAPES, shapes.as_slice());
                 assert_eq!(m::DIM, $dim);

@@ -351,6 +351,8 @@ impl CheckpointLayout {
             shared_classifier: shared,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: None,
             weight_format,
         };
         // For v2/v3 this also refuses a group size that does not divide every row length

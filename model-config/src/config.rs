@@ -37,6 +37,14 @@ pub enum WeightFormat {
         /// Weights per scale. Even (two values per byte) and divides every row length.
         group_size: usize,
     },
+    /// Each matrix in its own format, as GGUF files store them (`llama-quantize` leaves rows
+    /// that do not divide the block in another type): Q8_0 and Q4_0 blocks of `group_size`,
+    /// or f32. The int8 kernels are compiled for this group in both formats; no row length has
+    /// to divide it (those matrices are simply not int8).
+    Mixed {
+        /// Values per block of the int8 and 4-bit matrices.
+        group_size: usize,
+    },
 }
 
 /// llama2.c's `export.py` default group size.
@@ -50,9 +58,9 @@ impl WeightFormat {
     pub fn group_size(self) -> Option<usize> {
         match self {
             WeightFormat::F32 => None,
-            WeightFormat::Q8_0 { group_size } | WeightFormat::Q4_0 { group_size } => {
-                Some(group_size)
-            }
+            WeightFormat::Q8_0 { group_size }
+            | WeightFormat::Q4_0 { group_size }
+            | WeightFormat::Mixed { group_size } => Some(group_size),
         }
     }
 
@@ -63,6 +71,8 @@ impl WeightFormat {
             WeightFormat::F32 => 4 * n,
             WeightFormat::Q8_0 { group_size } => n + 4 * (n / group_size.max(1)),
             WeightFormat::Q4_0 { group_size } => n / 2 + 4 * (n / group_size.max(1)),
+            // Per matrix in the file; as Q8_0 here (files know their own bytes exactly).
+            WeightFormat::Mixed { group_size } => n + 4 * (n / group_size.max(1)),
         }
     }
 }
@@ -73,6 +83,9 @@ impl fmt::Display for WeightFormat {
             WeightFormat::F32 => f.write_str("f32"),
             WeightFormat::Q8_0 { group_size } => write!(f, "q8_0 (group {group_size})"),
             WeightFormat::Q4_0 { group_size } => write!(f, "q4_0 (group {group_size})"),
+            WeightFormat::Mixed { group_size } => {
+                write!(f, "mixed (q8_0/q4_0 groups of {group_size}, f32)")
+            }
         }
     }
 }
@@ -98,6 +111,11 @@ impl Serialize for WeightFormat {
                 m.serialize_entry("q4_0", &Q8Params { group_size })?;
                 m.end()
             }
+            WeightFormat::Mixed { group_size } => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("mixed", &Q8Params { group_size })?;
+                m.end()
+            }
         }
     }
 }
@@ -105,7 +123,7 @@ impl Serialize for WeightFormat {
 impl<'de> Deserialize<'de> for WeightFormat {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        const EXPECTED: &str = "\"f32\", \"q8_0\", \"q4_0\", { q8_0 = { group_size = N } } or { q4_0 = { group_size = N } }";
+        const EXPECTED: &str = "\"f32\", \"q8_0\", \"q4_0\", { q8_0 = { group_size = N } }, { q4_0 = { group_size = N } } or { mixed = { group_size = N } }";
         impl<'de> Visitor<'de> for V {
             type Value = WeightFormat;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,8 +145,8 @@ impl<'de> Deserialize<'de> for WeightFormat {
                 let Some(key) = map.next_key::<String>()? else {
                     return Err(de::Error::invalid_length(0, &EXPECTED));
                 };
-                if key != "q8_0" && key != "q4_0" {
-                    return Err(de::Error::unknown_variant(&key, &["q8_0", "q4_0"]));
+                if key != "q8_0" && key != "q4_0" && key != "mixed" {
+                    return Err(de::Error::unknown_variant(&key, &["q8_0", "q4_0", "mixed"]));
                 }
                 let p: Q8Params = map.next_value()?;
                 if let Some(extra) = map.next_key::<String>()? {
@@ -136,14 +154,11 @@ impl<'de> Deserialize<'de> for WeightFormat {
                         "unexpected second weight format `{extra}`"
                     )));
                 }
-                Ok(if key == "q8_0" {
-                    WeightFormat::Q8_0 {
-                        group_size: p.group_size,
-                    }
-                } else {
-                    WeightFormat::Q4_0 {
-                        group_size: p.group_size,
-                    }
+                let group_size = p.group_size;
+                Ok(match key.as_str() {
+                    "q8_0" => WeightFormat::Q8_0 { group_size },
+                    "q4_0" => WeightFormat::Q4_0 { group_size },
+                    _ => WeightFormat::Mixed { group_size },
                 })
             }
         }
@@ -157,6 +172,16 @@ fn shortest_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(v.to_string().parse().unwrap_or(*v as f64))
 }
 
+/// [`shortest_f32`] for each value of an optional list.
+fn shortest_f32s<S: serde::Serializer>(v: &Option<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
+    let shortest: Option<Vec<f64>> = v.as_ref().map(|v| {
+        v.iter()
+            .map(|x| x.to_string().parse().unwrap_or(*x as f64))
+            .collect()
+    });
+    shortest.serialize(s)
+}
+
 fn default_rope_theta() -> f32 {
     10000.0
 }
@@ -167,6 +192,14 @@ fn default_norm_eps() -> f32 {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_one() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
 }
 
 /// The shape (and the few numeric constants) of one Llama-2-architecture model.
@@ -198,6 +231,22 @@ pub struct ModelConfig {
     /// RMSNorm epsilon.
     #[serde(default = "default_norm_eps", serialize_with = "shortest_f32")]
     pub norm_eps: f32,
+    /// Linear RoPE scaling: positions are multiplied by this (GGUF `rope.scaling.factor`
+    /// inverted; 1 for none).
+    #[serde(
+        default = "default_one",
+        serialize_with = "shortest_f32",
+        skip_serializing_if = "is_one"
+    )]
+    pub rope_freq_scale: f32,
+    /// Per-frequency RoPE divisors, one per rotated pair (`head_dim / 2`): Llama 3.1's
+    /// frequency scaling (GGUF `rope_freqs.weight`). Absent: none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shortest_f32s"
+    )]
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Weight storage format.
     #[serde(default)]
     pub weight_format: WeightFormat,
@@ -280,6 +329,14 @@ pub enum ConfigError {
         cols: usize,
         /// The group size.
         group: usize,
+    },
+    /// The RoPE frequency factors do not match the head dimension.
+    #[error("`rope_freq_factors` has {len} values; it needs one per rotated pair, head_dim / 2 = {pairs}")]
+    RopeFactors {
+        /// Values given.
+        len: usize,
+        /// Pairs per head.
+        pairs: usize,
     },
     /// Q4_0 packs two values per byte, so a group must hold an even number of them.
     #[error("Q4_0 group size {0} is odd; it must be even (two 4-bit values per byte)")]
@@ -425,7 +482,30 @@ impl ModelConfig {
                 }
             }
         }
-        for (field, value) in [("rope_theta", self.rope_theta), ("norm_eps", self.norm_eps)] {
+        if let WeightFormat::Mixed { group_size } = self.weight_format {
+            if group_size == 0 || !group_size.is_multiple_of(2) {
+                return Err(ConfigError::OddQ4Group(group_size));
+            }
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim() / 2 {
+                return Err(ConfigError::RopeFactors {
+                    len: f.len(),
+                    pairs: self.head_dim() / 2,
+                });
+            }
+            if let Some(&value) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(ConfigError::BadFloat {
+                    field: "rope_freq_factors",
+                    value,
+                });
+            }
+        }
+        for (field, value) in [
+            ("rope_theta", self.rope_theta),
+            ("norm_eps", self.norm_eps),
+            ("rope_freq_scale", self.rope_freq_scale),
+        ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::BadFloat { field, value });
             }
@@ -770,5 +850,50 @@ mod tests {
         // 15.19M parameters per the tinyllamas release notes; computed by hand:
         // 32000*288 + 6*(2*288*288 + 2*288*288 + 3*768*288 + 2*288) + 288 = 15_191_712
         assert_eq!(base().parameter_count(), 15_191_712);
+    }
+
+    #[test]
+    fn mixed_format_and_rope_scaling_round_trip_and_are_checked() {
+        let mut c = ModelConfig::from_toml_str(&base().to_toml()).unwrap();
+        c.weight_format = WeightFormat::Mixed { group_size: 32 };
+        c.rope_freq_scale = 0.25;
+        c.rope_freq_factors = Some((0..c.head_dim() / 2).map(|i| 1.0 + i as f32).collect());
+        let text = c.to_toml();
+        assert!(text.contains("mixed"), "{text}");
+        assert_eq!(ModelConfig::from_toml_str(&text).unwrap(), c);
+        assert_eq!(c.weight_format.group_size(), Some(32));
+        // A mixed file's rows need not divide the block: hidden 172 with blocks of 32 is fine.
+        let mut odd = c.clone();
+        odd.hidden_dim = 172;
+        assert!(odd.validate().is_ok());
+        // Defaults leave llama2.c configs exactly as they were.
+        let plain = base().to_toml();
+        assert!(!plain.contains("rope_freq"), "{plain}");
+        let mut bad = c.clone();
+        bad.rope_freq_factors = Some(vec![1.0; 3]);
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::RopeFactors { len: 3, .. })
+        ));
+        bad.rope_freq_factors = Some(vec![0.0; c.head_dim() / 2]);
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::BadFloat {
+                field: "rope_freq_factors",
+                ..
+            })
+        ));
+        bad = c.clone();
+        bad.rope_freq_scale = f32::NAN;
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::BadFloat {
+                field: "rope_freq_scale",
+                ..
+            })
+        ));
+        bad = c;
+        bad.weight_format = WeightFormat::Mixed { group_size: 3 };
+        assert!(bad.validate().is_err());
     }
 }

@@ -69,11 +69,11 @@ fn fitting_group(cfg: &ModelConfig, requested: usize) -> usize {
 /// when its `weight_format` names one, else the group `baremetal quantize` would choose.
 pub fn int8_groups(cfg: &ModelConfig) -> (usize, usize) {
     let q8 = match cfg.weight_format {
-        WeightFormat::Q8_0 { group_size } => group_size,
+        WeightFormat::Q8_0 { group_size } | WeightFormat::Mixed { group_size } => group_size,
         _ => fitting_group(cfg, DEFAULT_Q8_GROUP),
     };
     let q4 = match cfg.weight_format {
-        WeightFormat::Q4_0 { group_size } => group_size,
+        WeightFormat::Q4_0 { group_size } | WeightFormat::Mixed { group_size } => group_size,
         _ => fitting_group(cfg, DEFAULT_Q4_GROUP),
     };
     (q8, q4)
@@ -211,6 +211,35 @@ pub fn tile_input_with(x: &[i8], positions: &[u8; BLOCK], out: &mut [i8]) {
     }
 }
 
+/// Tokens per tile of the batched kernels that read [`token_tile_scales`].
+pub const TOKEN_TILE: usize = 4;
+
+/// The input scales of whole tiles of [`TOKEN_TILE`] tokens, arranged so that a batched kernel
+/// reads the scales of one block of every token of a tile with one load: for token tile `j`,
+/// block `b` (of `cols / BLOCK`), token `t` of the tile and group `g` of the block (of
+/// `n = BLOCK / group`), `out[((j · blocks + b) · TOKEN_TILE + t) · n + g]` is token
+/// `TOKEN_TILE · j + t`'s scale of group `b · n + g`. `xs` holds `tokens` rows of
+/// `cols / group` scales; tokens past the last whole tile are left out.
+///
+/// # Panics
+/// If `cols` is not whole blocks of whole groups, or a length is wrong.
+pub fn token_tile_scales(xs: &[f32], tokens: usize, cols: usize, group: usize, out: &mut [f32]) {
+    assert!(tiled_group(group) && cols.is_multiple_of(BLOCK));
+    let (n, blocks, per_row) = (BLOCK / group, cols / BLOCK, cols / group);
+    let tiles = tokens / TOKEN_TILE;
+    assert!(xs.len() == tokens * per_row && out.len() >= tiles * TOKEN_TILE * per_row);
+    let mut at = 0;
+    for j in 0..tiles {
+        for b in 0..blocks {
+            for t in 0..TOKEN_TILE {
+                let row = &xs[(TOKEN_TILE * j + t) * per_row..][..per_row];
+                out[at..at + n].copy_from_slice(&row[b * n..(b + 1) * n]);
+                at += n;
+            }
+        }
+    }
+}
+
 /// `-offset · Σ` of each lane's four values of a tiled input: the term that turns a dot
 /// product of unsigned `q + offset` ([`Q8_OFFSET`], [`Q4_OFFSET`]) into one of `q` (one i32
 /// per four values).
@@ -224,6 +253,23 @@ pub fn input_correction(tiled_x: &[i8], offset: i32, out: &mut [i32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_tile_scales_put_a_blocks_scales_of_four_tokens_together() {
+        // 9 tokens (two whole tiles), 128 columns, groups of 32 (n = 2 per block).
+        let (tokens, cols, group) = (9, 128, 32);
+        let xs: Vec<f32> = (0..tokens * cols / group).map(|i| i as f32).collect();
+        let mut out = vec![-1.0; tokens * cols / group];
+        token_tile_scales(&xs, tokens, cols, group, &mut out);
+        // Tile 1, block 1, token 2, group 1: token 6's group 3, i.e. xs[6 * 4 + 3].
+        let at = ((2 + 1) * TOKEN_TILE + 2) * 2 + 1;
+        assert_eq!(out[at], 27.0);
+        assert_eq!(&out[..8], &[0.0, 1.0, 4.0, 5.0, 8.0, 9.0, 12.0, 13.0]);
+        assert!(
+            out[2 * 4 * 4..].iter().all(|&v| v == -1.0),
+            "the ninth token is left out"
+        );
+    }
 
     #[test]
     fn block_position_is_a_permutation_with_whole_groups_per_lane() {

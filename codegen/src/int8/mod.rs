@@ -103,6 +103,15 @@ pub(crate) trait Int8Emitter {
     const LANES: usize;
     /// Tokens per register tile of the batched kernels (rows: a layout tile).
     const BATCH_TOKENS: usize;
+    /// A register tile of [`TILE_ROWS`] rows × [`Self::BATCH_TOKENS`] tokens written for this
+    /// instruction set, which reads the tile's input scales from the token-tile table
+    /// (`model_config::tiled::token_tile_scales`, pointer `xtp`) instead of every token's own;
+    /// `None` for the generic body of per-(row, token) steps. Either way each output's
+    /// operations must be the GEMV's.
+    fn batch_tile(q4: bool, cols: usize, period: usize) -> Option<TokenStream> {
+        let _ = (q4, cols, period);
+        None
+    }
     /// `use` lines.
     fn import() -> TokenStream;
     /// The accumulator type.
@@ -326,6 +335,23 @@ fn rows_body(
     }
 }
 
+/// `n · k + plus` over the chunk index `k`, written as a person would (`k`, `8 * k`,
+/// `k + 2`, `8 * k + 64`).
+pub(crate) fn affine(n: usize, plus: usize) -> TokenStream {
+    let k = if n == 1 {
+        quote!(k)
+    } else {
+        let n = lit(n);
+        quote!(#n * k)
+    };
+    if plus == 0 {
+        k
+    } else {
+        let plus = lit(plus);
+        quote!(#k + #plus)
+    }
+}
+
 /// `first` or `first + r`.
 fn plus(first: &TokenStream, r: usize) -> TokenStream {
     if r == 0 {
@@ -456,7 +482,17 @@ fn batch_tile<E: Int8Emitter>(
 ) -> TokenStream {
     let name = batch_tile_name(q4, cols, rows, tokens);
     let feats = features::<E>();
-    let body = rows_body(q4, cols, BLOCK / group, (rows, tokens), false, &batch_index);
+    let custom = (rows == TILE_ROWS && tokens == E::BATCH_TOKENS)
+        .then(|| E::batch_tile(q4, cols, BLOCK / group))
+        .flatten();
+    let custom_args = custom.is_some();
+    let scales_table = if custom.is_some() {
+        quote!(xtp: *const f32,)
+    } else {
+        quote!()
+    };
+    let body = custom
+        .unwrap_or_else(|| rows_body(q4, cols, BLOCK / group, (rows, tokens), false, &batch_index));
     let wt = if q4 { quote!(u8) } else { quote!(i8) };
     let docs = doc(&format!(
         "{rows} row{} × {tokens} token{} of {cols} columns: outputs `op[t · ld + r]`.",
@@ -474,16 +510,23 @@ fn batch_tile<E: Int8Emitter>(
     } else {
         quote!(, ld: usize)
     };
+    let many = if custom_args {
+        quote!(#[allow(clippy::too_many_arguments)])
+    } else {
+        quote!()
+    };
     quote! {
         #docs
         #safety
         #feats
+        #many
         #[inline]
         unsafe fn #name(
             wp: *const #wt,
             sp: *const f32,
             xp: *const i8,
             xsp: *const f32,
+            #scales_table
             cp: *const i32,
             op: *mut f32
             #ld
@@ -525,6 +568,16 @@ fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStrea
          {cols}-column shape shares."
     ));
     let len_msg = format!("{format} batched kernel: lengths are not whole rows and tokens");
+    // Instruction sets with their own full tile read the token-tile scale table.
+    let table = E::batch_tile(q4, cols, BLOCK / group).is_some();
+    let (table_check, table_arg) = if table {
+        (
+            quote!(&& x.scales_tt.len() >= token_tiles * #tt * #sc),
+            quote!(x.scales_tt.as_ptr().add(t * #sc),),
+        )
+    } else {
+        (quote!(), quote!())
+    };
     let order = comment(
         "Layout tiles outside, so a tile's rows stay in L1 while every token passes over \
          them; the weights are read from memory once per call.",
@@ -539,23 +592,23 @@ fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStrea
         unsafe fn #name(
             w: &[#wt],
             ws: &[f32],
-            x: &[i8],
-            xs: &[f32],
-            corr: &[i32],
+            x: crate::TiledInputs,
             out: *mut f32,
             ld: usize,
         ) {
-            let (rows, tokens) = (w.len() / #rb, x.len() / #c);
+            let (rows, tokens) = (w.len() / #rb, x.q.len() / #c);
+            let token_tiles = tokens / #tt;
             assert!(
                 w.len() == rows * #rb
                     && ws.len() == rows * #sc
-                    && x.len() == tokens * #c
-                    && xs.len() == tokens * #sc
-                    && corr.len() == tokens * #cq,
+                    && x.q.len() == tokens * #c
+                    && x.scales.len() == tokens * #sc
+                    && x.corr.len() == tokens * #cq
+                    #table_check,
                 #len_msg
             );
-            let (tiles, token_tiles) = (rows / #tr, tokens / #tt);
-            let (xp, xsp, cp) = (x.as_ptr(), xs.as_ptr(), corr.as_ptr());
+            let tiles = rows / #tr;
+            let (xp, xsp, cp) = (x.q.as_ptr(), x.scales.as_ptr(), x.corr.as_ptr());
             #safety
             unsafe {
                 #order
@@ -565,7 +618,7 @@ fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStrea
                     let sp = ws.as_ptr().add(i * #tile_scales);
                     for j in 0..token_tiles {
                         let t = j * #tt;
-                        #full(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r), ld);
+                        #full(wp, sp, xp.add(t * #c), xsp.add(t * #sc), #table_arg cp.add(t * #cq), out.add(t * ld + r), ld);
                     }
                     for t in token_tiles * #tt..tokens {
                         #one_token(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r));
@@ -630,14 +683,12 @@ fn batch_wrapper<E: Int8Emitter>(q4: bool, shape: &Shape, group: usize) -> Token
         pub unsafe fn #name(
             w: &[#wt],
             ws: &[f32],
-            x: &[i8],
-            xs: &[f32],
-            corr: &[i32],
+            x: crate::TiledInputs,
             out: *mut f32,
             ld: usize,
         ) {
             #call
-            unsafe { #body(w, ws, x, xs, corr, out, ld) }
+            unsafe { #body(w, ws, x, out, ld) }
         }
     }
 }

@@ -41,6 +41,12 @@ pub const ROPE_THETA: f32 = 10000.0;
 /// RMSNorm epsilon, baked into every `rmsnorm_*` kernel.
 pub const NORM_EPS: f32 = 0.00001;
 
+/// Linear RoPE scaling of positions (1: none).
+pub const ROPE_FREQ_SCALE: f32 = 1.0;
+
+/// Per-frequency RoPE divisors (Llama 3.1 scaling), one per rotated pair, if any.
+pub const ROPE_FREQ_FACTORS: Option<&[f32]> = None;
+
 /// The config as TOML, so the engine can rebuild the `ModelConfig` this module was made from.
 pub const CONFIG_TOML: &str = r#"name = "stories260k"
 dim = 64

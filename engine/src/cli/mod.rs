@@ -4,10 +4,12 @@ mod bench;
 mod eval;
 mod generate;
 mod inspect;
+mod logits;
 mod plot;
 mod quantize;
 mod serve;
 mod synth;
+mod template;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -42,6 +44,10 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Compare a quantised checkpoint with its f32 original: greedy agreement and mean KL.
     Eval(eval::EvalArgs),
+    /// Render a chat template with a JSON context and print the prompt exactly.
+    Template(template::TemplateArgs),
+    /// Teacher-forced next-token logits for a list of ids (top-k per position, or JSON).
+    Logits(logits::LogitsArgs),
     /// Serve the model over HTTP with an OpenAI-compatible API (completions, chat, streaming),
     /// decoding up to --parallel requests together (continuous batching).
     Serve(serve::ServeArgs),
@@ -187,6 +193,8 @@ pub fn main() -> ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Template(a) => template::run(a),
+        Command::Logits(a) => logits::run(a),
         Command::Serve(a) => serve::run(a),
     };
     match result {

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use engine::format::quant::{self, choose_group};
 use engine::format::writer::{write_q4_checkpoint, write_q8_checkpoint};
+use engine::format::FileFormat;
 use engine::{Model, Realign};
 use model_config::{CheckpointFormat, DEFAULT_Q4_GROUP, DEFAULT_Q8_GROUP};
 
@@ -43,12 +44,17 @@ pub struct QuantizeArgs {
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     super::existing(&a.input, "checkpoint")?;
     let model = Model::open(&a.input, Realign::Never)?;
-    if matches!(model.format(), CheckpointFormat::V2 | CheckpointFormat::V3) {
-        anyhow::bail!(
+    match model.format() {
+        FileFormat::Llama2c(CheckpointFormat::V0 | CheckpointFormat::V1) => {}
+        FileFormat::Llama2c(_) => anyhow::bail!(
             "{} is already a quantised ({}) checkpoint; quantize reads f32 (v0 or v1) checkpoints",
             a.input.display(),
             model.format()
-        );
+        ),
+        FileFormat::Gguf(_) => anyhow::bail!(
+            "{} is a GGUF file; quantize reads llama2.c f32 (v0 or v1) checkpoints (quantise GGUF files with llama.cpp's llama-quantize)",
+            a.input.display()
+        ),
     }
     if a.output.canonicalize().ok() == a.input.canonicalize().ok() {
         anyhow::bail!(
@@ -99,8 +105,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         "wrote {} ({}, group {group}): {} → {} bytes; largest |w - dequantised w| {:.3e} (in {})",
         a.output.display(),
         written.format(),
-        model.layout().file_bytes,
-        written.layout().file_bytes,
+        model.layout().map_or(0, |l| l.file_bytes),
+        written.layout().map_or(0, |l| l.file_bytes),
         worst.1,
         worst.0
     );

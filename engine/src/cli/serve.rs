@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use engine::serve::codec::{BuiltinChat, ChatFormat, Llama2Codec, TextCodec};
+use engine::serve::codec::{ChatFormat, JinjaChat, Llama2Codec, TextCodec};
 use engine::serve::engine::EngineConfig;
 use engine::serve::{serve, ServeOptions};
+use engine::text::chat_template::BUILTIN_TEMPLATES;
 use engine::text::tokenizer::Tokenizer;
 
 /// Arguments of `serve`.
@@ -40,10 +41,11 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every endpoint but /health.
     #[arg(long)]
     api_key: Option<String>,
-    /// Chat template for /v1/chat/completions: a built-in name (chatml, llama2). llama2.c
-    /// checkpoints carry none, so one of these is always used for them.
-    #[arg(long, value_name = "NAME", default_value = "chatml")]
-    chat_template: String,
+    /// Chat template for /v1/chat/completions: a Jinja file, or a built-in name (chatml, llama2,
+    /// llama3, zephyr). Default: the GGUF model's own `tokenizer.chat_template`; chatml for
+    /// models that carry none (llama2.c checkpoints).
+    #[arg(long, value_name = "NAME|FILE")]
+    chat_template: Option<String>,
     /// The model's name in requests and /v1/models (default: the checkpoint's file name).
     #[arg(long)]
     alias: Option<String>,
@@ -65,14 +67,7 @@ pub struct ServeArgs {
 
 /// Runs `serve` until SIGTERM or Ctrl-C.
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let chat: Arc<dyn ChatFormat> = match BuiltinChat::from_name(&a.chat_template) {
-        Some(c) => Arc::new(c),
-        None => anyhow::bail!(
-            "--chat-template {}: there is no built-in template of that name; choose one of: {}",
-            a.chat_template,
-            BuiltinChat::NAMES.join(", ")
-        ),
-    };
+    let chat: Arc<dyn ChatFormat> = Arc::new(chat_template(&a)?);
     if !(a.shutdown_timeout.is_finite() && (0.0..=86_400.0).contains(&a.shutdown_timeout)) {
         anyhow::bail!("--shutdown-timeout must be a number of seconds between 0 and 86400");
     }
@@ -161,6 +156,47 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     )?;
     eprintln!("baremetal serve: stopped");
     Ok(())
+}
+
+/// The chat template `--chat-template` names, else the GGUF model's own, else chatml.
+fn chat_template(a: &ServeArgs) -> anyhow::Result<JinjaChat> {
+    match &a.chat_template {
+        Some(t) if std::path::Path::new(t).is_file() => {
+            let source = std::fs::read_to_string(t)
+                .with_context(|| format!("reading chat template file {t} (it must be UTF-8 text)"))?;
+            JinjaChat::new(&source, t.as_str())
+                .with_context(|| format!("chat template file {t}"))
+        }
+        Some(name) => JinjaChat::builtin(name).map_err(|_| {
+            anyhow::anyhow!(
+                "--chat-template {name} is neither a file nor a built-in template; the built-in ones are {}",
+                BUILTIN_TEMPLATES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+        None => {
+            let is_gguf = std::fs::File::open(&a.model)
+                .and_then(|mut f| {
+                    let mut magic = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic == *b"GGUF")
+                })
+                .unwrap_or(false);
+            if is_gguf {
+                if let Ok(source) = super::template::template_source_from_model(&a.model) {
+                    return JinjaChat::new(&source, "the model's own").with_context(|| {
+                        format!(
+                            "the chat template of {} (choose another with --chat-template)",
+                            a.model.display()
+                        )
+                    });
+                }
+            }
+            Ok(JinjaChat::builtin("chatml")?)
+        }
+    }
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.

@@ -60,13 +60,11 @@ pub struct BeamSearch {
     candidates: Vec<(f64, usize, u32)>,
 }
 
-/// `log_softmax(logits)[i]` for every `i`, in f64 (max-subtracted).
-fn log_softmax(logits: &[f32], out: &mut Vec<f64>) {
+/// `log Σ exp(logits)` in f64 (max-subtracted): `logit - this` is the log-probability.
+fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    let log_sum = sum.ln() + max;
-    out.clear();
-    out.extend(logits.iter().map(|&v| v as f64 - log_sum));
+    sum.ln() + max
 }
 
 impl BeamSearch {
@@ -139,23 +137,32 @@ impl BeamSearch {
         );
         let generated = self.running[0].0.len() + 1;
         let keep = self.beams * 2usize.max(1 + self.eos.len());
-        self.candidates.clear();
-        let mut lp = Vec::new();
-        for (i, row) in logits.iter().enumerate() {
-            log_softmax(row, &mut lp);
-            let base = self.running[i].1;
-            self.candidates
-                .extend(lp.iter().enumerate().map(|(t, &l)| (base + l, i, t as u32)));
-        }
         let by_rank = |a: &(f64, usize, u32), b: &(f64, usize, u32)| {
             b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
         };
-        let keep = keep.min(self.candidates.len());
-        if keep < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(keep - 1, by_rank);
-            self.candidates.truncate(keep);
+        // The overall best `keep` are among each hypothesis's own best `keep` (log-softmax keeps
+        // a row's order), so only those are scored: a pass for the row's log-sum-exp and a
+        // running top-`keep` of its logits, instead of sorting every token of every row.
+        self.candidates.clear();
+        for (i, row) in logits.iter().enumerate() {
+            let log_sum = log_sum_exp(row);
+            let base = self.running[i].1;
+            let start = self.candidates.len();
+            for (t, &v) in row.iter().enumerate() {
+                let c = (base + (v as f64 - log_sum), i, t as u32);
+                let mine = &mut self.candidates[start..];
+                if mine.len() == keep && by_rank(&c, &mine[keep - 1]).is_ge() {
+                    continue;
+                }
+                let at = start + mine.partition_point(|x| by_rank(x, &c).is_lt());
+                if self.candidates.len() - start == keep {
+                    self.candidates.pop();
+                }
+                self.candidates.insert(at, c);
+            }
         }
         self.candidates.sort_unstable_by(by_rank);
+        self.candidates.truncate(keep);
         let candidates = std::mem::take(&mut self.candidates);
         let mut next = Vec::with_capacity(self.beams);
         let mut next_running = Vec::with_capacity(self.beams);

@@ -24,6 +24,14 @@ pub enum LoadError {
         /// What was wrong.
         source: HeaderError,
     },
+    /// A GGUF file that cannot be run.
+    #[error("{path} is not a usable GGUF model: {source}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        source: crate::format::gguf_model::GgufModelError,
+    },
     /// The file's shape differs from the shape this binary was compiled for.
     #[error(
         "{path} holds a model of shape [{file_shape}], but this binary was compiled for `{compiled_name}` [{compiled_shape}]; \

@@ -3,13 +3,17 @@
 //! load, and the writers behind `quantize` and `synth`. Depends on [`crate::base`] only.
 
 pub mod error;
+pub mod ggml;
+pub mod gguf;
+pub mod gguf_model;
+pub mod gguf_writer;
 pub mod model;
 pub mod quant;
 pub mod synth;
 pub mod writer;
 
 pub use error::LoadError;
-pub use model::{MatRef, Model, Realign, Weights};
+pub use model::{FileFormat, MatRef, Model, Realign, Weights};
 
 /// The shape this binary was compiled for (`MODEL_CONFIG` at build time).
 pub fn compiled_config() -> model_config::ModelConfig {

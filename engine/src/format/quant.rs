@@ -287,6 +287,9 @@ pub enum QuantizeError {
     /// The input is already quantised.
     #[error("{0} is already a quantised (v2 Q8_0 or v3 Q4_0) checkpoint; quantize reads f32 (v0 or v1) checkpoints")]
     AlreadyQuantized(String),
+    /// The input is a GGUF file.
+    #[error("{0} is a GGUF file; quantize reads llama2.c f32 (v0 or v1) checkpoints (quantise GGUF files with llama.cpp's llama-quantize)")]
+    Gguf(String),
     /// A weight is NaN or infinite.
     #[error(
         "tensor `{tensor}` holds a non-finite weight at index {index}; the checkpoint is corrupt"

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use model_config::{CheckpointFormat, CheckpointLayout, ModelConfig, WeightFormat};
 
-use super::model::Model;
+use super::model::{FileFormat, Model};
 use super::quant::{q4_value, quantize_q4_weights, quantize_weights, QuantizeError};
 
 /// Largest `|w - q * scale|` seen while quantising, per tensor (as export.py reports it).
@@ -43,15 +43,21 @@ fn write_quantized(
     weight_format: WeightFormat,
     path: &Path,
 ) -> Result<QuantizeReport, QuantizeError> {
-    if matches!(model.format(), CheckpointFormat::V2 | CheckpointFormat::V3) {
-        return Err(QuantizeError::AlreadyQuantized(
-            model.path().display().to_string(),
-        ));
+    match model.format() {
+        FileFormat::Llama2c(CheckpointFormat::V0 | CheckpointFormat::V1) => {}
+        FileFormat::Llama2c(_) => {
+            return Err(QuantizeError::AlreadyQuantized(
+                model.path().display().to_string(),
+            ))
+        }
+        FileFormat::Gguf(_) => return Err(QuantizeError::Gguf(model.path().display().to_string())),
     }
     let (group, format, q4) = match weight_format {
         WeightFormat::Q4_0 { group_size } => (group_size, CheckpointFormat::V3, true),
         WeightFormat::Q8_0 { group_size } => (group_size, CheckpointFormat::V2, false),
-        WeightFormat::F32 => unreachable!("write_quantized is only called with a quantised format"),
+        WeightFormat::F32 | WeightFormat::Mixed { .. } => {
+            unreachable!("write_quantized is only called with Q8_0 or Q4_0")
+        }
     };
     let cfg = ModelConfig {
         weight_format,

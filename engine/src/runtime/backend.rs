@@ -257,6 +257,10 @@ impl Backend {
                 WeightFormat::Q4_0 { group_size } => {
                     tiled(group_size, generated::Q4_GROUP, generated::Q4_SHAPES)
                 }
+                WeightFormat::Mixed { group_size } => {
+                    tiled(group_size, generated::Q8_GROUP, generated::Q8_SHAPES)
+                        || tiled(group_size, generated::Q4_GROUP, generated::Q4_SHAPES)
+                }
             }
     }
 
@@ -274,6 +278,7 @@ impl Backend {
             WeightFormat::F32 => return format!("{f32_kind} {}, {threads}", self.isa().name()),
             WeightFormat::Q8_0 { group_size } => ("q8_0", group_size, self.q8.isa().name()),
             WeightFormat::Q4_0 { group_size } => ("q4_0", group_size, self.q4.isa().name()),
+            WeightFormat::Mixed { group_size } => ("mixed", group_size, self.q8.isa().name()),
         };
         let matrices = match (self.is_specialised(), self.int8) {
             (true, Some(k)) => format!("specialised int8 {} (tiled)", k.isa().name()),
@@ -351,7 +356,8 @@ impl Backend {
                 let inputs = generated::TiledInputs {
                     q: xt.q,
                     scales: q8().scales,
-                    corr: xt.corr,
+                    scales_tt: xt.scales_tt,
+                    corr: xt.corr_q8,
                 };
                 self.for_row_shares(rows, &|r| unsafe {
                     let w = w.rows(r.clone(), cols);
@@ -367,7 +373,8 @@ impl Backend {
                 let inputs = generated::TiledInputs {
                     q: xt.q,
                     scales: q8().scales,
-                    corr: xt.corr,
+                    scales_tt: xt.scales_tt,
+                    corr: xt.corr_q4,
                 };
                 self.for_row_shares(rows, &|r| unsafe {
                     let w = w.rows(r.clone(), cols);
@@ -506,7 +513,7 @@ impl Backend {
             .expect(TILED_KERNEL);
         self.for_row_blocks(out, &|r, out| {
             let w = w.rows(r, cols);
-            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr, out)
+            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr_q8, out)
         });
     }
 
@@ -519,7 +526,7 @@ impl Backend {
             .expect(TILED_KERNEL);
         self.for_row_blocks(out, &|r, out| {
             let w = w.rows(r, cols);
-            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr, out)
+            kernel.run(w.q, w.scales, xt.q, x.scales, xt.corr_q4, out)
         });
     }
 

@@ -30,8 +30,14 @@ pub struct GemvInput<'a> {
 pub struct TiledInput<'a> {
     /// The int8 values, each 64-value block permuted as the tiled weights.
     pub q: &'a [i8],
-    /// `-offset · Σ` of each four values (`model_config::tiled::input_correction`).
-    pub corr: &'a [i32],
+    /// `-128 · Σ` of each four values: the lane corrections of Q8_0 matrices
+    /// (`model_config::tiled::input_correction` with `Q8_OFFSET`).
+    pub corr_q8: &'a [i32],
+    /// `-8 · Σ` of each four values: those of Q4_0 matrices (`Q4_OFFSET`).
+    pub corr_q4: &'a [i32],
+    /// The scales by tiles of tokens (`model_config::tiled::token_tile_scales`; empty for
+    /// fewer rows than a tile).
+    pub scales_tt: &'a [f32],
 }
 
 /// The buffer every GEMV input of a Q8_0 model is quantised into, allocated once
@@ -43,12 +49,13 @@ pub struct InputQuantizer {
     kernels: GenericKernels,
     q: AlignedBytes,
     scales: AlignedVec,
-    /// Whether inputs are also put in tiled order, and whether they need Q4 corrections.
+    /// Whether inputs are also put in tiled order (with both formats' corrections).
     tiled: bool,
-    q4: bool,
     positions: [u8; model_config::tiled::BLOCK],
     tiled_q: AlignedBytes,
-    corr: Vec<i32>,
+    corr_q8: Vec<i32>,
+    corr_q4: Vec<i32>,
+    scales_tt: AlignedVec,
 }
 
 impl InputQuantizer {
@@ -66,9 +73,10 @@ impl InputQuantizer {
             scales: AlignedVec::zeros(s_len),
             tiled: false,
             positions: [0; model_config::tiled::BLOCK],
-            q4: matches!(format, WeightFormat::Q4_0 { .. }),
             tiled_q: AlignedBytes::zeros(0),
-            corr: Vec::new(),
+            corr_q8: Vec::new(),
+            corr_q4: Vec::new(),
+            scales_tt: AlignedVec::zeros(0),
         }
     }
 
@@ -82,7 +90,9 @@ impl InputQuantizer {
         self.tiled = true;
         self.positions = model_config::tiled::block_positions(group);
         self.tiled_q = AlignedBytes::zeros(self.q.len());
-        self.corr = vec![0; self.q.len() / 4];
+        self.corr_q8 = vec![0; self.q.len() / 4];
+        self.corr_q4 = vec![0; self.q.len() / 4];
+        self.scales_tt = AlignedVec::zeros(self.scales.len());
     }
 
     /// `x`, `rows` rows one after another, as a GEMV or batched input: for Q8_0 and Q4_0,
@@ -91,7 +101,10 @@ impl InputQuantizer {
     /// Allocates nothing.
     #[inline]
     pub fn input<'a>(&'a mut self, x: &'a [f32], rows: usize) -> GemvInput<'a> {
-        let Some(group) = self.group else {
+        // Rows that are not whole groups feed no quantised matrix (a mixed GGUF keeps such
+        // matrices in f32), so they stay unquantised.
+        let whole = |g: usize| (x.len() / rows.max(1)).is_multiple_of(g);
+        let Some(group) = self.group.filter(|&g| whole(g)) else {
             return GemvInput {
                 x,
                 rows,
@@ -106,14 +119,24 @@ impl InputQuantizer {
         let tiled = (self.tiled && row.is_multiple_of(model_config::tiled::BLOCK)).then(|| {
             let tq = &mut self.tiled_q.as_i8_mut()[..x.len()];
             model_config::tiled::tile_input_with(q, &self.positions, tq);
-            let offset = if self.q4 {
-                model_config::tiled::Q4_OFFSET
-            } else {
-                model_config::tiled::Q8_OFFSET
-            };
-            let corr = &mut self.corr[..x.len() / 4];
-            model_config::tiled::input_correction(tq, offset, corr);
-            TiledInput { q: tq, corr }
+            // Both formats' corrections: a mixed (GGUF) model feeds one input to Q8_0 and Q4_0
+            // matrices alike. -128·Σ is exactly 16 × (-8·Σ).
+            let corr_q4 = &mut self.corr_q4[..x.len() / 4];
+            model_config::tiled::input_correction(tq, model_config::tiled::Q4_OFFSET, corr_q4);
+            let corr_q8 = &mut self.corr_q8[..x.len() / 4];
+            for (c8, &c4) in corr_q8.iter_mut().zip(corr_q4.iter()) {
+                *c8 = 16 * c4;
+            }
+            let tt = &mut self.scales_tt[..scales.len()];
+            let whole = rows / model_config::tiled::TOKEN_TILE * model_config::tiled::TOKEN_TILE;
+            model_config::tiled::token_tile_scales(scales, rows, row, group, tt);
+            let scales_tt = &tt[..whole * row / group];
+            TiledInput {
+                q: tq,
+                corr_q8,
+                corr_q4,
+                scales_tt,
+            }
         });
         GemvInput {
             x,

@@ -75,7 +75,9 @@ impl RunState {
 /// RoPE rotations for every position, `(seq_len, head_dim / 2)` cosines and sines.
 ///
 /// Computed with the same f32 operations as llama2.c's `run.c` (`powf`, `cosf`, `sinf` of
-/// `pos * freq`) so that results match it, but once per model instead of per token.
+/// `pos * freq`) so that results match it, but once per model instead of per token; GGUF
+/// models' linear scaling and frequency factors (`ModelConfig::rope_freq_scale`,
+/// `rope_freq_factors`) as llama.cpp applies them: `pos · scale · freq / factor`.
 #[derive(Debug)]
 pub struct Rope {
     half: usize,
@@ -89,10 +91,14 @@ impl Rope {
         let (hs, half) = (c.head_dim(), c.head_dim() / 2);
         let mut cos = Vec::with_capacity(c.seq_len * half);
         let mut sin = Vec::with_capacity(c.seq_len * half);
+        let factors = c.rope_freq_factors.as_deref();
         for pos in 0..c.seq_len {
             for j in 0..half {
                 let freq = 1.0f32 / c.rope_theta.powf((2 * j) as f32 / hs as f32);
-                let val = pos as f32 * freq;
+                // Linear scaling and Llama 3.1's per-frequency divisors; both exact no-ops
+                // (× 1, ÷ 1) for llama2.c models, whose angles stay run.c's.
+                let divisor = factors.map_or(1.0, |f| f[j]);
+                let val = pos as f32 * freq * c.rope_freq_scale / divisor;
                 cos.push(val.cos());
                 sin.push(val.sin());
             }
@@ -110,6 +116,44 @@ impl Rope {
                 let (v0, v1) = (pair[0], pair[1]);
                 pair[0] = v0 * c - v1 * s;
                 pair[1] = v0 * s + v1 * c;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rotation of pair j at position p is by `p · scale · θ^(-2j/d) / factor_j`, computed
+    /// here in f64 from the definition (llama.cpp's ggml_rope_cache_init).
+    #[test]
+    fn rope_applies_linear_scaling_and_frequency_factors() {
+        let mut c = model_config::preset("stories260k").unwrap(); // head_dim 8: 4 pairs
+        c.rope_theta = 500000.0;
+        c.rope_freq_scale = 0.5;
+        c.rope_freq_factors = Some(vec![1.0, 2.0, 4.0, 8.0]);
+        let rope = Rope::new(&c);
+        for pos in [0usize, 1, 7, 300] {
+            let mut v: Vec<f32> = (0..8).map(|i| 1.0 + i as f32).collect();
+            let orig = v.clone();
+            rope.rotate(&mut v, pos);
+            for j in 0..4 {
+                let f = (500000f64).powf(-(2.0 * j as f64) / 8.0);
+                let angle = pos as f64 * 0.5 * f / [1.0, 2.0, 4.0, 8.0][j];
+                let (x0, x1) = (orig[2 * j] as f64, orig[2 * j + 1] as f64);
+                let want = (
+                    x0 * angle.cos() - x1 * angle.sin(),
+                    x0 * angle.sin() + x1 * angle.cos(),
+                );
+                assert!(
+                    (v[2 * j] as f64 - want.0).abs() < 1e-4,
+                    "pos {pos} pair {j}"
+                );
+                assert!(
+                    (v[2 * j + 1] as f64 - want.1).abs() < 1e-4,
+                    "pos {pos} pair {j}"
+                );
             }
         }
     }

@@ -5,9 +5,12 @@
 //! - [`TextCodec`]: text → token ids, token id → bytes, which ids end a generation;
 //! - [`ChatFormat`]: a conversation → the prompt text.
 //!
-//! [`Llama2Codec`] wraps llama2.c's `tokenizer.bin`; [`BuiltinChat`] holds the fallback
-//! templates for models that carry none (llama2.c checkpoints).
+//! [`Llama2Codec`] wraps llama2.c's `tokenizer.bin`; [`JinjaChat`] renders a model's Jinja
+//! template, or a built-in one for models that carry none (llama2.c checkpoints).
 
+use crate::text::chat_template::{
+    builtin_source, ChatTemplate, Message, TemplateError, BUILTIN_TEMPLATES,
+};
 use crate::text::tokenizer::{Tokenizer, BOS, EOS};
 
 /// A model's tokenizer as the server uses it. Implementations are shared between the HTTP
@@ -140,98 +143,75 @@ pub trait ChatFormat: Send + Sync {
     fn name(&self) -> &str;
 }
 
-/// The fallback templates, written out in Rust (the same text as the Jinja sources of the same
-/// names in Hugging Face model cards).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuiltinChat {
-    /// `<|im_start|>{role}\n{content}<|im_end|>\n` per message, then `<|im_start|>assistant\n`.
-    ChatMl,
-    /// Meta's Llama 2 chat format (`chat_completion` in meta-llama/llama `generation.py`):
-    /// `<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>` ...
-    Llama2,
+/// A Jinja chat template ([`ChatTemplate`]: the model's own, a file, or a built-in one),
+/// rendered as `apply_chat_template(messages, add_generation_prompt=True)` renders it.
+pub struct JinjaChat {
+    template: ChatTemplate,
+    name: String,
+    end_markers: Vec<&'static str>,
 }
 
-impl BuiltinChat {
-    /// Every built-in template's name.
-    pub const NAMES: &'static [&'static str] = &["chatml", "llama2"];
+/// End-of-turn texts of common templates. Those a template's source writes out become stop
+/// strings: with a vocabulary that has no single token for them (ChatML's `<|im_end|>` under
+/// the Llama 2 tokenizer) the model can only spell them.
+const END_MARKERS: &[&str] = &[
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+];
 
-    /// The built-in template called `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "chatml" => Some(Self::ChatMl),
-            "llama2" => Some(Self::Llama2),
-            _ => None,
-        }
+impl JinjaChat {
+    /// Compiles `source`; `name` is what logs and `/v1/models` call it.
+    pub fn new(source: &str, name: impl Into<String>) -> Result<Self, TemplateError> {
+        Ok(Self {
+            template: ChatTemplate::new(source)?,
+            name: name.into(),
+            end_markers: END_MARKERS
+                .iter()
+                .copied()
+                .filter(|m| source.contains(m))
+                .collect(),
+        })
+    }
+
+    /// The built-in template `name` (chatml, llama2, llama3, zephyr).
+    pub fn builtin(name: &str) -> Result<Self, TemplateError> {
+        let source = builtin_source(name).ok_or_else(|| TemplateError::UnknownBuiltin {
+            name: name.to_string(),
+            known: BUILTIN_TEMPLATES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        Self::new(source, name)
     }
 }
 
-impl ChatFormat for BuiltinChat {
+impl ChatFormat for JinjaChat {
     fn render(&self, messages: &[ChatMessage], codec: &dyn TextCodec) -> Result<String, ChatError> {
-        let mut out = String::new();
-        match self {
-            Self::ChatMl => {
-                for m in messages {
-                    out.push_str("<|im_start|>");
-                    out.push_str(&m.role);
-                    out.push('\n');
-                    out.push_str(&m.content);
-                    out.push_str("<|im_end|>\n");
+        let messages: Vec<Message> = messages
+            .iter()
+            .map(|m| Message::new(m.role.clone(), m.content.clone()))
+            .collect();
+        self.template
+            .render_conversation(&messages, true, codec.bos_text(), codec.eos_text(), None)
+            .map_err(|e| match e {
+                TemplateError::Raised(msg) => {
+                    ChatError(format!("the chat template refused these messages: {msg}"))
                 }
-                out.push_str("<|im_start|>assistant\n");
-            }
-            Self::Llama2 => {
-                let (system, turns) = match messages.split_first() {
-                    Some((first, rest)) if first.role == "system" => {
-                        (format!("<<SYS>>\n{}\n<</SYS>>\n\n", first.content), rest)
-                    }
-                    _ => (String::new(), messages),
-                };
-                for (i, m) in turns.iter().enumerate() {
-                    let want_user = i % 2 == 0;
-                    if (m.role == "user") != want_user || (!want_user && m.role != "assistant") {
-                        return Err(ChatError(
-                            "the llama2 chat template needs the messages to alternate user/assistant/user/... after an optional first system message".into(),
-                        ));
-                    }
-                    if want_user {
-                        let content = if i == 0 {
-                            format!("{system}{}", m.content)
-                        } else {
-                            m.content.clone()
-                        };
-                        out.push_str(codec.bos_text());
-                        out.push_str("[INST] ");
-                        out.push_str(content.trim());
-                        out.push_str(" [/INST]");
-                    } else {
-                        out.push(' ');
-                        out.push_str(m.content.trim());
-                        out.push(' ');
-                        out.push_str(codec.eos_text());
-                    }
-                }
-                if turns.len() % 2 == 0 {
-                    return Err(ChatError(
-                        "the llama2 chat template needs the last message to be the user's".into(),
-                    ));
-                }
-            }
-        }
-        Ok(out)
+                e => ChatError(e.to_string()),
+            })
     }
 
     fn end_markers(&self) -> &[&'static str] {
-        match self {
-            Self::ChatMl => &["<|im_end|>"],
-            Self::Llama2 => &[],
-        }
+        &self.end_markers
     }
 
     fn name(&self) -> &str {
-        match self {
-            Self::ChatMl => "chatml",
-            Self::Llama2 => "llama2",
-        }
+        &self.name
     }
 }
 
@@ -276,33 +256,55 @@ mod tests {
     #[test]
     fn chatml_renders_every_turn_and_opens_the_answer() {
         let m = msgs(&[("system", "Be brief."), ("user", "Hi!")]);
-        let got = BuiltinChat::ChatMl.render(&m, &Chars).unwrap();
+        let chat = JinjaChat::builtin("chatml").unwrap();
         assert_eq!(
-            got,
+            chat.render(&m, &Chars).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
         );
+        assert_eq!(chat.end_markers(), ["<|im_end|>"]);
     }
 
     #[test]
-    fn llama2_puts_the_system_prompt_into_the_first_turn() {
+    fn llama2_folds_the_system_prompt_into_the_first_turn() {
+        // Meta's generation.py: f"{B_INST} {(prompt['content']).strip()} {E_INST} {(answer['content']).strip()} "
+        // with BOS/EOS around each pair and the system prompt folded into the first user turn.
         let m = msgs(&[
             ("system", "Be brief."),
-            ("user", " Hi! "),
+            ("user", "Hi! "),
             ("assistant", "Hello."),
             ("user", " Bye "),
         ]);
-        let got = BuiltinChat::Llama2.render(&m, &Chars).unwrap();
-        // Meta's generation.py: f"{B_INST} {(prompt['content']).strip()} {E_INST} {(answer['content']).strip()} "
-        // with BOS/EOS around each pair and the system prompt folded into the first user turn.
+        let chat = JinjaChat::builtin("llama2").unwrap();
         assert_eq!(
-            got,
-            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi! [/INST] Hello. </s><s>[INST] Bye [/INST]"
+            chat.render(&m, &Chars).unwrap(),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi! [/INST] Hello. </s><s>[INST] Bye [/INST]"
         );
+        assert!(chat.end_markers().is_empty());
         let bad = msgs(&[("user", "a"), ("user", "b")]);
-        assert!(BuiltinChat::Llama2.render(&bad, &Chars).is_err());
-        let ends_with_answer = msgs(&[("user", "a"), ("assistant", "b")]);
-        assert!(BuiltinChat::Llama2
-            .render(&ends_with_answer, &Chars)
-            .is_err());
+        let e = chat.render(&bad, &Chars).unwrap_err();
+        assert!(e.0.contains("alternate"), "{e}");
+    }
+
+    #[test]
+    fn llama2_codec_reads_bos_and_eos_texts_as_tokens() {
+        let Some(path) = crate::fixtures::fixture("models/tokenizer.bin") else {
+            return;
+        };
+        let t = Tokenizer::from_file(&path, 32000).unwrap();
+        let plain = |s: &str| t.encode(s, false, false);
+        let c = Llama2Codec::new(t.clone());
+        let mut want = vec![BOS];
+        want.extend(plain("[INST] Hi [/INST] Yo "));
+        want.push(EOS);
+        want.push(BOS);
+        want.extend(plain("[INST] More"));
+        assert_eq!(
+            c.encode("<s>[INST] Hi [/INST] Yo </s><s>[INST] More", true),
+            want
+        );
+        // Without special parsing the marks are text, and BOS is added once.
+        assert_eq!(c.encode("<s>x", false), t.encode("<s>x", true, false));
+        assert!(c.is_end(BOS) && c.is_end(EOS) && !c.is_end(3));
+        assert!(c.max_piece_bytes() >= 4);
     }
 }

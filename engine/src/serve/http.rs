@@ -316,16 +316,31 @@ async fn chat_job(
     let body = body_bytes(body)?;
     let map = api::parse_object(&body)?;
     let mut req = api::chat_request(&map, &st.model_id)?;
-    let text = st
-        .chat
-        .render(&req.messages, st.codec.as_ref())
-        .map_err(|e| ApiError::field("messages", e.0))?;
     for m in st.chat.end_markers() {
         if !req.params.stop.iter().any(|s| s == m) {
             req.params.stop.push(m.to_string());
         }
     }
-    let tokens = encode(st, text, true, "messages").await?;
+    // Rendering runs a template (bounded, but not instant): off the async workers, like encoding.
+    let (chat, codec, ctx) = (st.chat.clone(), st.codec.clone(), st.ctx);
+    let messages = req.messages;
+    let tokens = tokio::task::spawn_blocking(move || {
+        let text = chat
+            .render(&messages, codec.as_ref())
+            .map_err(|e| ApiError::field("messages", e.0))?;
+        let at_least = text.len() / codec.max_piece_bytes();
+        if at_least > ctx {
+            return Ok(Err(at_least));
+        }
+        Ok(Ok(codec.encode(&text, true)))
+    })
+    .await
+    .map_err(|_| ApiError::status(500, "rendering the chat template failed"))?;
+    let tokens = match tokens {
+        Ok(Ok(t)) => t,
+        Ok(Err(at_least)) => return Err(too_long(st, &format!("at least {at_least}"), "messages")),
+        Err(e) => return Err(e),
+    };
     check_length(st, &tokens, "messages")?;
     Ok((tokens, req.params))
 }
