@@ -282,3 +282,40 @@ fn bad_tokenizer_metadata_gets_one_clear_error() {
     // <unk>, then "ab" merges.
     assert_eq!(tok.encode("ab", true, false), [1, 0, 0, 0, 5]);
 }
+
+/// More of llama.cpp's vectors, from its own `models/` folder when `BAREMETAL_LLAMA_CPP_VOCABS`
+/// names it (scripts/peer/build-llama-cpp.sh unpacks one): every vocab file with `.inp`/`.out`
+/// whose tokenizer we run (phi-3's SentencePiece; mpt's GPT-2 split; starcoder's, refact's and
+/// command-r's SmolLM split) must match on every case; the others must be refused by name.
+#[test]
+fn llama_cpp_models_folder_vectors_when_present() {
+    let Some(dir) = std::env::var_os("BAREMETAL_LLAMA_CPP_VOCABS") else {
+        eprintln!("SKIPPED: set BAREMETAL_LLAMA_CPP_VOCABS to llama.cpp's models/ folder");
+        return;
+    };
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".gguf") || !path.with_extension("gguf.out").is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let g = Gguf::parse(&bytes).unwrap();
+        let tok = match GgufTokenizer::from_gguf(&g) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains('`'), "{name}: unclear refusal {msg}");
+                eprintln!("{name}: refused: {msg}");
+                continue;
+            }
+        };
+        for (text, want) in cases(&path) {
+            assert_eq!(tok.encode(&text, false, false), want, "{name}: {text:?}");
+        }
+        checked.push(name);
+    }
+    eprintln!("checked every vector of {checked:?}");
+    assert!(checked.len() >= 5, "{checked:?}");
+}

@@ -18,8 +18,10 @@ pub enum Pre {
     Gpt2,
     /// `llama-bpe` / `llama3` / `llama-v3`: Llama 3's pattern (digits in groups of up to 3).
     Llama3,
-    /// `smollm`: single digits, then GPT-2.
+    /// `smollm` (and `command-r`): single digits, then GPT-2; no space cleaning on decode.
     Smollm,
+    /// `starcoder` / `refact`: SmolLM's split, with space cleaning on decode.
+    Starcoder,
 }
 
 impl Pre {
@@ -29,9 +31,10 @@ impl Pre {
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "default" => Pre::Default,
-            "gpt-2" => Pre::Gpt2,
+            "gpt-2" | "mpt" => Pre::Gpt2,
             "llama-bpe" | "llama3" | "llama-v3" => Pre::Llama3,
-            "smollm" => Pre::Smollm,
+            "smollm" | "command-r" => Pre::Smollm,
+            "starcoder" | "refact" => Pre::Starcoder,
             _ => return None,
         })
     }
@@ -40,10 +43,14 @@ impl Pre {
     pub const NAMES: &'static [&'static str] = &[
         "default",
         "gpt-2",
+        "mpt",
         "llama-bpe",
         "llama3",
         "llama-v3",
         "smollm",
+        "command-r",
+        "starcoder",
+        "refact",
     ];
 
     /// Whether a word that is itself a token skips the merges (Llama 3 sets it).
@@ -90,7 +97,7 @@ impl Pre {
             ],
             Pre::Gpt2 => &[Pattern::Gpt2],
             Pre::Llama3 => &[Pattern::Llama3 { max_digits: 3 }],
-            Pre::Smollm => &[Pattern::SingleNumbers, Pattern::Gpt2],
+            Pre::Smollm | Pre::Starcoder => &[Pattern::SingleNumbers, Pattern::Gpt2],
         }
     }
 }
