@@ -262,3 +262,37 @@ fn a_vocabulary_of_another_size_is_refused() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// `tokenize` on llama2.c's tokenizer.bin: the Llama 2 ids of "Once upon a time" (BOS 1, then
+/// ▁Once 9038, ▁upon 2501, ▁a 263, ▁time 931), as the llama-spm GGUF vocabulary gives them too.
+#[test]
+fn tokenize_reads_llama2c_tokenizers_too() {
+    let (Some(tok), Some(vocab)) = (
+        fixture("models/tokenizer.bin"),
+        fixture("gguf/vocab/ggml-vocab-llama-spm.gguf"),
+    ) else {
+        return;
+    };
+    let bin = ok(&baremetal(&[
+        "tokenize",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "Once upon a time",
+    ]));
+    assert_eq!(bin.trim(), "1 9038 2501 263 931");
+    let gguf = ok(&baremetal(&[
+        "tokenize",
+        "--model",
+        vocab.to_str().unwrap(),
+        "Once upon a time",
+    ]));
+    assert_eq!(gguf, bin);
+    let no_bos = ok(&baremetal(&[
+        "tokenize",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--no-bos",
+        "Once upon a time",
+    ]));
+    assert_eq!(no_bos.trim(), "9038 2501 263 931");
+}
