@@ -9,7 +9,7 @@
 //! kernels/   runtime-shape kernels per ISA: f32, f16, int8      (format types, base)
 //! runtime/   kernels → forward → logits: backend, KV cache,     (kernels, format, base)
 //!            forward pass, session
-//! text/      tokenizers                                         (base)
+//! text/      tokenizers (llama2.c, GGUF SPM/BPE), chat templates (format: GGUF vocab, base)
 //! decode/    logits → tokens: sampler, generate, beam, eval      (runtime, format, base)
 //! serve/     the OpenAI-compatible server: HTTP, continuous      (everything below)
 //!            batching engine thread, tokenizer/template traits

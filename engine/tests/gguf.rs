@@ -559,3 +559,20 @@ fn synth_writes_gguf_with_the_weights_of_v1() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The generated RMSNorm bakes the compiled epsilon in: a model of the compiled shape with
+/// another epsilon (GGUFs say 1e-5 or 1e-6) must be refused, not run with the wrong one.
+#[test]
+fn specialised_kernels_refuse_another_rms_epsilon() {
+    let mut cfg = compiled_config();
+    assert!(Backend::specialised(&cfg, Path::new("m.gguf"), None).is_ok());
+    cfg.norm_eps *= 10.0;
+    let Err(err) = Backend::specialised(&cfg, Path::new("m.gguf"), None) else {
+        panic!("a model with another epsilon was accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("rms_norm_eps") && err.contains("--generic"),
+        "{err}"
+    );
+}

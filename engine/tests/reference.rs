@@ -25,7 +25,7 @@ fn greedy() -> Sampler {
 fn greedy_ids(model: &Model, backend: Backend, steps: usize) -> Vec<u32> {
     let mut session = Session::new(model, backend);
     let mut ids = Vec::new();
-    generate(&mut session, &[1], steps, &mut greedy(), |ev| {
+    generate(&mut session, &[1], steps, &[1], &mut greedy(), |ev| {
         ids.push(ev.token)
     })
     .unwrap();
@@ -255,7 +255,7 @@ fn f16_kv_cache_stays_close_to_the_f32_cache() {
 fn greedy_ids_kv(model: &Model, backend: Backend, steps: usize, kv: KvCacheType) -> Vec<u32> {
     let mut session = Session::with_kv_cache(model, backend, kv);
     let mut ids = Vec::new();
-    generate(&mut session, &[1], steps, &mut greedy(), |ev| {
+    generate(&mut session, &[1], steps, &[1], &mut greedy(), |ev| {
         ids.push(ev.token)
     })
     .unwrap();

@@ -58,7 +58,8 @@ impl Server {
 
 struct Setup {
     model: PathBuf,
-    tokenizer: PathBuf,
+    /// `None`: the model is a GGUF file and serves with its own tokenizer.
+    tokenizer: Option<PathBuf>,
 }
 
 /// The model and tokenizer, or `None` (skip) when the fixture is missing outside CI.
@@ -67,7 +68,7 @@ fn setup(tag: &str, seq_len: usize) -> Option<Setup> {
     let dir = common::temp_dir(&format!("serve-{tag}"));
     Some(Setup {
         model: tiny_32k(&dir, seq_len),
-        tokenizer,
+        tokenizer: Some(tokenizer),
     })
 }
 
@@ -77,14 +78,15 @@ fn start(s: &Setup, extra: &[&str]) -> Server {
         "serve".to_string(),
         "--model".into(),
         s.model.display().to_string(),
-        "--tokenizer".into(),
-        s.tokenizer.display().to_string(),
         "--port".into(),
         "0".into(),
         "--generic".into(),
         "--threads".into(),
         "1".into(),
     ];
+    if let Some(t) = &s.tokenizer {
+        args.extend(["--tokenizer".to_string(), t.display().to_string()]);
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_baremetal"))
         .args(&args)
@@ -356,7 +358,7 @@ fn completions_chat_models_health_and_metrics() {
     let Some(s) = setup("basic", 128) else { return };
     let srv = start(&s, &["--parallel", "2", "--alias", "tiny"]);
     let a = &srv.addr;
-    let tok = Tokenizer::from_file(&s.tokenizer, 32000).unwrap();
+    let tok = Tokenizer::from_file(s.tokenizer.as_ref().unwrap(), 32000).unwrap();
 
     let h = request(a, "GET", "/health", &[], b"");
     assert_eq!((h.status, h.json()), (200, json!({"status": "ok"})));
@@ -1142,7 +1144,7 @@ fn bad_flags_are_one_clear_error() {
             .unwrap();
         (status, err)
     };
-    let tok = s.tokenizer.to_str().unwrap();
+    let tok = s.tokenizer.as_ref().unwrap().to_str().unwrap();
     for (extra, want) in [
         (vec![], "--tokenizer"),
         (
@@ -1185,7 +1187,7 @@ fn chat_template_from_a_file() {
     .unwrap();
     let srv = start(&s, &["--chat-template", file.to_str().unwrap()]);
     let a = &srv.addr;
-    let tok = Tokenizer::from_file(&s.tokenizer, 32000).unwrap();
+    let tok = Tokenizer::from_file(s.tokenizer.as_ref().unwrap(), 32000).unwrap();
     let body = json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
         {"role": "user", "content": "Tell"}], "max_tokens": 3, "temperature": 0});
     let r = ok(post(a, "/v1/chat/completions", &body));
@@ -1219,5 +1221,96 @@ fn chat_template_from_a_file() {
     assert_eq!(
         models["data"][0]["meta"]["chat_template"],
         file.to_str().unwrap()
+    );
+}
+
+/// A GGUF model serves with its own tokenizer (no --tokenizer): stories260K's greedy answer
+/// from BOS is llama.cpp's token for token (`gguf/reference/*.greedy256.json`, decoded with
+/// the model's vocabulary), and a chat request without a template of the model's uses chatml.
+#[test]
+fn a_gguf_model_serves_with_its_own_tokenizer() {
+    use engine::text::tokenizer::Utf8Stream;
+    use engine::text::ModelTokenizer;
+    let (Some(model), Some(reference)) = (
+        fixture("gguf/models/stories260K-f32.gguf"),
+        fixture("gguf/reference/stories260K-f32.greedy256.json"),
+    ) else {
+        return;
+    };
+    let want: Value = common::read_json(&reference);
+    let ids: Vec<u32> = want["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let tok = ModelTokenizer::gguf(&std::fs::read(&model).unwrap()).unwrap();
+    let n = 64;
+    let (mut text, mut utf8, mut prev) = (String::new(), Utf8Stream::default(), 1);
+    for &id in &ids[..n] {
+        utf8.push(tok.decode_piece(prev, id), &mut text);
+        prev = id;
+    }
+    let s = Setup {
+        model,
+        tokenizer: None,
+    };
+    let srv = start(&s, &["--parallel", "2"]);
+    let a = &srv.addr;
+    let body = json!({"prompt": [1], "max_tokens": n, "temperature": 0});
+    let r = ok(post(a, "/v1/completions", &body));
+    assert_eq!(completion_text(&r), text);
+    assert_eq!(r["usage"]["completion_tokens"], n);
+    // A text prompt gets the BOS the vocabulary adds.
+    let r = ok(post(a, "/v1/completions", &greedy("Once upon a time", 4)));
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        tok.encode("Once upon a time", false).len()
+    );
+    assert_eq!(tok.encode("Once upon a time", false)[0], 1);
+    let body =
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0});
+    let chat = ok(post(a, "/v1/chat/completions", &body));
+    let rendered = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(
+        chat["usage"]["prompt_tokens"],
+        tok.encode(rendered, true).len()
+    );
+    assert!(srv.log().contains("chat template chatml"), "{}", srv.log());
+}
+
+/// A GGUF model's own chat template renders the conversation, with the BOS the tokenizer adds
+/// (not a second one from the template), and end-of-turn text it writes (`<|end|>`) ends the
+/// answer. synth-llama3's template is Phi-3's over the Llama 2 vocabulary.
+#[test]
+fn a_gguf_models_own_chat_template_renders_the_conversation() {
+    use engine::text::ModelTokenizer;
+    let Some(model) = fixture("gguf/models/synth-llama3-q8_0.gguf") else {
+        return;
+    };
+    let tok = ModelTokenizer::gguf(&std::fs::read(&model).unwrap()).unwrap();
+    let s = Setup {
+        model,
+        tokenizer: None,
+    };
+    let srv = start(&s, &[]);
+    let a = &srv.addr;
+    let body = json!({"messages": [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0});
+    let chat = ok(post(a, "/v1/chat/completions", &body));
+    let rendered = "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n";
+    let ids = tok.encode(rendered, true);
+    assert_eq!(ids.iter().filter(|&&t| t == 1).count(), 1, "{ids:?}");
+    assert_eq!(chat["usage"]["prompt_tokens"], ids.len());
+    // The same text as a plain completion: the chat answer is its greedy text, cut at the
+    // template's end-of-turn text if the model writes it.
+    let c = ok(post(a, "/v1/completions", &greedy(rendered, 6)));
+    let full = completion_text(&c);
+    let answer = chat["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(answer, full.split("<|end|>").next().unwrap());
+    assert!(
+        srv.log().contains("chat template the model's own"),
+        "{}",
+        srv.log()
     );
 }

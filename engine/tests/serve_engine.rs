@@ -44,6 +44,9 @@ impl TextCodec for Ids {
     fn eos_text(&self) -> &str {
         ""
     }
+    fn adds_specials(&self) -> (bool, bool) {
+        (false, false)
+    }
 }
 
 fn engine(

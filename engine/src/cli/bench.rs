@@ -150,11 +150,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let specialised = backend.is_specialised();
     let describe = backend.describe();
     let threads = backend.threads();
-    let tokens = a.tokens.min(cfg.seq_len);
+    let ctx = a.run.context(&cfg);
+    let tokens = a.tokens.min(ctx);
     if tokens < a.tokens {
         eprintln!(
-            "note: --tokens {} exceeds the context of {}; timing {tokens}",
-            a.tokens, cfg.seq_len
+            "note: --tokens {} exceeds the context of {ctx}; timing {tokens}",
+            a.tokens
         );
     }
 
@@ -169,11 +170,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut session = Session::with_options(
         &model,
         backend,
-        beam::session_options(options, cfg.seq_len, beams, 1, beam_steps),
+        beam::session_options(options, ctx, beams, 1, beam_steps),
     );
 
     // Prompt processing: a prompt of fixed pseudo-random tokens, like llama-bench's.
-    let prompt_tokens = a.prompt_tokens.min(cfg.seq_len);
+    let prompt_tokens = a.prompt_tokens.min(ctx);
     let prompt: Vec<u32> = {
         let mut rng = engine::base::rng::Rng::new(0x9e37);
         (0..prompt_tokens)
@@ -196,7 +197,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     session.reset();
 
     let mut token = engine::decode::generate::BOS;
-    for _ in 0..a.warmup.min(cfg.seq_len) {
+    for _ in 0..a.warmup.min(ctx) {
         token = argmax(session.step(token)?);
     }
     session.reset();

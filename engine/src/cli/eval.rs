@@ -9,10 +9,10 @@ use engine::Session;
 /// Arguments of `eval`.
 #[derive(Args)]
 pub struct EvalArgs {
-    /// The f32 reference checkpoint (llama2.c v0 or v1).
+    /// The reference checkpoint (llama2.c v0 or v1 f32, or a GGUF, e.g. the F16 file).
     #[arg(long)]
     model: PathBuf,
-    /// The quantised checkpoint to compare (llama2.c v2 Q8_0 or baremetal v3 Q4_0, same shape;
+    /// The quantised checkpoint to compare (llama2.c v2 Q8_0, baremetal v3 Q4_0 or a GGUF, same shape;
     /// or the f32 checkpoint itself, with `--kv-cache f16`, to measure the cache alone).
     #[arg(long)]
     quantized: PathBuf,

@@ -8,21 +8,27 @@ use clap::Args;
 use engine::decode::beam::{self, BeamOptions, BeamStats};
 use engine::decode::generate::{generate, max_steps, BOS};
 use engine::decode::sampler::{Sampler, SamplerConfig};
-use engine::text::tokenizer::{Tokenizer, Utf8Stream};
+use engine::text::tokenizer::Utf8Stream;
+use engine::text::ModelTokenizer;
 use engine::Session;
 
 /// Arguments of `generate`.
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// The checkpoint (llama2.c v0 or v1 f32, v2 Q8_0, or baremetal v3 Q4_0).
+    /// The model: a GGUF file, or a llama2.c checkpoint (v0/v1 f32, v2 Q8_0, baremetal v3 Q4_0).
     #[arg(long)]
     model: PathBuf,
-    /// The llama2.c tokenizer.bin (needed for text; optional with --ids).
+    /// The tokenizer: llama2.c's tokenizer.bin for llama2.c checkpoints (needed for text;
+    /// optional with --ids). A GGUF model uses its own unless this names another GGUF.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// The prompt text (needs --tokenizer).
+    /// The prompt text.
     #[arg(long, default_value = "")]
     prompt: String,
+    /// Text in the prompt spelling a special token (`<|eot_id|>`, `<s>`) becomes that token, as
+    /// in a rendered chat template (llama.cpp's --special parsing); by default it is text.
+    #[arg(long)]
+    parse_special: bool,
     /// Tokens to generate. Clamped, with a notice, to what fits the model's context.
     #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     steps: usize,
@@ -73,41 +79,39 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     super::existing(&a.model, "checkpoint")?;
     let (model, backend) = a.run.load(&a.model)?;
     let cfg = model.config().clone();
-    let tokenizer = match &a.tokenizer {
-        Some(path) => {
-            super::existing(path, "tokenizer")?;
-            let t = Tokenizer::from_file(path, cfg.vocab_size)?;
-            if t.unread_bytes() > 0 {
-                anyhow::bail!(
-                    "tokenizer {} holds more tokens than the model's vocabulary of {} ({}); use the tokenizer that belongs to this model",
-                    path.display(),
-                    cfg.vocab_size,
-                    a.model.display()
-                );
-            }
-            Some(t)
-        }
-        None if !a.ids => anyhow::bail!(
+    let tokenizer = super::tokenizer_for(&model, a.tokenizer.as_deref())?;
+    if tokenizer.is_none() && !a.ids {
+        anyhow::bail!(
             "printing text needs --tokenizer tokenizer.bin (or pass --ids for token ids)"
-        ),
-        None => None,
-    };
+        );
+    }
     let prompt = match &tokenizer {
-        Some(t) => t.encode(&a.prompt, true, false),
+        Some(t) => t.encode(&a.prompt, a.parse_special),
         None if a.prompt.is_empty() => vec![BOS],
         None => anyhow::bail!("--prompt needs --tokenizer to turn the text into tokens"),
     };
-    if prompt.len() > cfg.seq_len {
+    if prompt.is_empty() {
         anyhow::bail!(
-            "the prompt is {} tokens but the model's context ({}) holds {}; shorten the prompt",
-            prompt.len(),
-            a.model.display(),
-            cfg.seq_len
+            "the prompt is empty and this model's vocabulary adds no BOS; give a --prompt"
         );
     }
-    let limit = max_steps(prompt.len(), cfg.seq_len);
+    let stop = tokenizer.as_ref().map_or(vec![BOS], |t| t.stop_ids());
+    let ctx = a.run.context(&cfg);
+    if prompt.len() > ctx {
+        anyhow::bail!(
+            "the prompt is {} tokens but the context ({}) holds {ctx}; shorten the prompt{}",
+            prompt.len(),
+            a.model.display(),
+            if ctx < cfg.seq_len {
+                " or raise --ctx"
+            } else {
+                ""
+            }
+        );
+    }
+    let limit = max_steps(prompt.len(), ctx);
     let steps = if a.steps > limit {
-        eprintln!("note: --steps {} does not fit the context of {} positions after a {}-token prompt; generating {limit}", a.steps, cfg.seq_len, prompt.len());
+        eprintln!("note: --steps {} does not fit the context of {ctx} positions after a {}-token prompt; generating {limit}", a.steps, prompt.len());
         limit
     } else {
         a.steps
@@ -142,7 +146,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             utf8.push(t.decode_piece(w[0], w[1]), &mut text);
         }
     }
-    let stats = generate(&mut session, &prompt, steps, &mut sampler, |ev| {
+    let stats = generate(&mut session, &prompt, steps, &stop, &mut sampler, |ev| {
         let r = match (&tokenizer, a.ids) {
             (Some(t), false) => {
                 utf8.push(t.decode_piece(ev.prev, ev.token), &mut text);
@@ -186,7 +190,7 @@ fn run_beam(
     prompt: &[u32],
     steps: usize,
     beams: usize,
-    tokenizer: Option<&Tokenizer>,
+    tokenizer: Option<&ModelTokenizer>,
 ) -> anyhow::Result<()> {
     if !a.length_penalty.is_finite() {
         anyhow::bail!("--length-penalty must be a finite number");
@@ -195,8 +199,9 @@ fn run_beam(
         beams,
         length_penalty: a.length_penalty,
         max_new: steps,
-        // llama2.c's run.c ends generation when the model emits BOS.
-        eos: vec![BOS],
+        // llama2.c's run.c ends generation when the model emits BOS; GGUF vocabularies name
+        // their end-of-generation tokens.
+        eos: tokenizer.map_or(vec![BOS], ModelTokenizer::stop_ids),
     };
     let describe = backend.describe();
     let sizing = beam::session_options(

@@ -123,19 +123,25 @@ fn describe_gguf(model: &Model) -> anyhow::Result<()> {
         println!("# note: {n}");
     }
     let s = |k: &str| g.get_str(k).ok().flatten();
-    println!(
-        "# tokenizer: {} (pre-tokenizer {}), {} tokens; chat template: {}",
-        s("tokenizer.ggml.model").unwrap_or("none"),
-        s("tokenizer.ggml.pre").unwrap_or("default"),
-        g.get_array("tokenizer.ggml.tokens")
-            .ok()
-            .flatten()
-            .map_or(0, |a| a.len()),
-        if s("tokenizer.chat_template").is_some() {
-            "yes"
-        } else {
-            "none"
-        }
-    );
+    let tokenizer = match (s("tokenizer.ggml.model"), s("tokenizer.ggml.pre")) {
+        (None, _) => "none".to_string(),
+        (Some("gpt2"), pre) => format!(
+            "gpt2 (byte-level BPE, pre-tokenizer {})",
+            pre.unwrap_or("default")
+        ),
+        (Some("llama"), _) => "llama (SentencePiece)".to_string(),
+        (Some(other), _) => other.to_string(),
+    };
+    let tokens = g
+        .get_array("tokenizer.ggml.tokens")
+        .ok()
+        .flatten()
+        .map_or(0, |a| a.len());
+    let template = if s("tokenizer.chat_template").is_some() {
+        "yes"
+    } else {
+        "none"
+    };
+    println!("# tokenizer: {tokenizer}, {tokens} tokens; chat template: {template}");
     Ok(())
 }

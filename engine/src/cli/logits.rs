@@ -63,6 +63,8 @@ pub fn run(a: LogitsArgs) -> anyhow::Result<()> {
         );
     }
     let mut options = a.run.session_options();
+    // Room for every id, whatever --ctx says.
+    options.positions = Some(options.positions.unwrap_or(0).max(ids.len()));
     options.logit_rows = options.batch;
     let mut session = Session::with_options(&model, backend, options);
     let top = a.top.min(cfg.vocab_size);

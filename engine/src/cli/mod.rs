@@ -1,6 +1,7 @@
 //! Command-line parsing and the one place errors become a message and an exit code.
 
 mod bench;
+mod chat;
 mod eval;
 mod generate;
 mod inspect;
@@ -10,6 +11,7 @@ mod quantize;
 mod serve;
 mod synth;
 mod template;
+mod tokenize;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -33,6 +35,9 @@ struct Cli {
 enum Command {
     /// Generate text (or token ids) from a llama2.c checkpoint.
     Generate(generate::GenerateArgs),
+    /// Chat interactively in the model's own chat template (GGUF), keeping the KV cache
+    /// across turns.
+    Chat(chat::ChatArgs),
     /// Print a checkpoint's shape as a MODEL_CONFIG TOML file, with its format and size.
     Inspect(inspect::InspectArgs),
     /// Measure tokens/s, per-token latency and the memory roofline fraction.
@@ -46,6 +51,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render a chat template with a JSON context and print the prompt exactly.
     Template(template::TemplateArgs),
+    /// Turn text into token ids with a model's tokenizer (GGUF or llama2.c).
+    Tokenize(tokenize::TokenizeArgs),
     /// Teacher-forced next-token logits for a list of ids (top-k per position, or JSON).
     Logits(logits::LogitsArgs),
     /// Serve the model over HTTP with an OpenAI-compatible API (completions, chat, streaming),
@@ -82,6 +89,11 @@ pub struct RunOpts {
     /// token. The logits do not depend on it.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch: Option<u16>,
+    /// Positions of the KV cache: the longest text (prompt + generated) a run holds. Default:
+    /// the model's context length, at most 4096 (llama.cpp's default); never more than the
+    /// model's context length.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ctx: Option<u32>,
 }
 
 impl RunOpts {
@@ -94,7 +106,16 @@ impl RunOpts {
         if let Some(b) = self.batch {
             o.batch = b.into();
         }
+        o.positions = self.ctx.map(|c| c as usize);
         o
+    }
+
+    /// The positions a run of `cfg` gets (see `--ctx`).
+    pub fn context(&self, cfg: &model_config::ModelConfig) -> usize {
+        let wanted = self
+            .ctx
+            .map_or(engine::runtime::session::DEFAULT_CONTEXT, |c| c as usize);
+        wanted.min(cfg.seq_len)
     }
 
     /// Opens the model and picks its kernels.
@@ -147,6 +168,61 @@ impl RunOpts {
     }
 }
 
+/// The tokenizer for `model`: `--tokenizer FILE` when given (llama2.c's `tokenizer.bin`, or a
+/// GGUF file whose vocabulary to use), else a GGUF model's own; `None` when there is neither.
+pub fn tokenizer_for(
+    model: &Model,
+    path: Option<&Path>,
+) -> anyhow::Result<Option<engine::text::ModelTokenizer>> {
+    use engine::text::ModelTokenizer;
+    let vocab = model.config().vocab_size;
+    let tok = match path {
+        Some(path) => {
+            existing(path, "tokenizer")?;
+            let file = std::fs::File::open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open tokenizer {}: {e}", path.display()))?;
+            // SAFETY: read-only map of a file we do not modify; as for checkpoints.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| anyhow::anyhow!("cannot map tokenizer {}: {e}", path.display()))?;
+            if map.starts_with(b"GGUF") {
+                ModelTokenizer::gguf(&map)
+                    .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?
+            } else {
+                let t = ModelTokenizer::llama2c(path, vocab)?;
+                if let ModelTokenizer::Llama2c(inner) = &t {
+                    if inner.unread_bytes() > 0 {
+                        anyhow::bail!(
+                            "tokenizer {} holds more tokens than the model's vocabulary of {vocab} ({}); use the tokenizer that belongs to this model",
+                            path.display(),
+                            model.path().display()
+                        );
+                    }
+                }
+                t
+            }
+        }
+        None => {
+            if !matches!(model.format(), engine::format::FileFormat::Gguf(_)) {
+                return Ok(None);
+            }
+            let g = engine::format::gguf::Gguf::parse(model.file_bytes())?;
+            if g.get("tokenizer.ggml.model").is_none() {
+                return Ok(None);
+            }
+            ModelTokenizer::gguf(model.file_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", model.path().display()))?
+        }
+    };
+    if matches!(tok, ModelTokenizer::Gguf(_)) && tok.vocab_size() != vocab {
+        anyhow::bail!(
+            "the tokenizer has {} tokens but the model {} has a vocabulary of {vocab}; use the model's own tokenizer",
+            tok.vocab_size(),
+            model.path().display()
+        );
+    }
+    Ok(Some(tok))
+}
+
 /// The long `--version` text: the compiled shape and the ISA chosen at start-up.
 fn long_version() -> String {
     let c = compiled_config();
@@ -196,6 +272,8 @@ pub fn main() -> ExitCode {
         Command::Template(a) => template::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Chat(a) => chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,19 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use engine::serve::codec::{ChatFormat, JinjaChat, Llama2Codec, TextCodec};
+use engine::serve::codec::{ChatFormat, JinjaChat, ModelCodec, TextCodec};
 use engine::serve::engine::EngineConfig;
 use engine::serve::{serve, ServeOptions};
 use engine::text::chat_template::BUILTIN_TEMPLATES;
-use engine::text::tokenizer::Tokenizer;
 
 /// Arguments of `serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The checkpoint (llama2.c v0 or v1 f32, v2 Q8_0, or baremetal v3 Q4_0).
+    /// The checkpoint: a GGUF model, a llama2.c file (v0/v1 f32, v2 Q8_0) or a baremetal v3 Q4_0.
     #[arg(long)]
     model: PathBuf,
-    /// The llama2.c tokenizer.bin of the model's vocabulary.
+    /// The tokenizer, if not the GGUF model's own: llama2.c's tokenizer.bin, or a GGUF vocabulary.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Address to listen on. The default accepts local connections only; 0.0.0.0 exposes the
@@ -32,7 +31,8 @@ pub struct ServeArgs {
     /// Requests decoded together (slots): each engine step is one forward pass over all of them.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     parallel: u16,
-    /// Positions (prompt + generated tokens) per slot; default and maximum: the model's context.
+    /// Positions (prompt + generated tokens) per slot. Default: --ctx, else the model's context
+    /// at most 4096; never more than the model's context.
     #[arg(long)]
     ctx_per_slot: Option<usize>,
     /// Requests that may wait for a free slot; more get 503 at once.
@@ -77,21 +77,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     super::existing(&a.model, "checkpoint")?;
     let (model, backend) = a.run.load(&a.model)?;
     let cfg = model.config().clone();
-    let Some(tok_path) = &a.tokenizer else {
-        anyhow::bail!("serving text needs --tokenizer tokenizer.bin (the model's vocabulary)");
-    };
-    super::existing(tok_path, "tokenizer")?;
-    let tokenizer = Tokenizer::from_file(tok_path, cfg.vocab_size)?;
-    if tokenizer.unread_bytes() > 0 {
+    let Some(tokenizer) = super::tokenizer_for(&model, a.tokenizer.as_deref())? else {
         anyhow::bail!(
-            "tokenizer {} holds more tokens than the model's vocabulary of {} ({}); use the tokenizer that belongs to this model",
-            tok_path.display(),
-            cfg.vocab_size,
+            "{} carries no tokenizer: serving text needs --tokenizer (llama2.c's tokenizer.bin or a GGUF vocabulary of the model)",
             a.model.display()
         );
-    }
-    let codec: Arc<dyn TextCodec> = Arc::new(Llama2Codec::new(tokenizer));
-    let ctx = a.ctx_per_slot.unwrap_or(cfg.seq_len);
+    };
+    let codec: Arc<dyn TextCodec> = Arc::new(ModelCodec::new(tokenizer));
+    let ctx = a.ctx_per_slot.unwrap_or_else(|| a.run.context(&cfg));
     if ctx == 0 || ctx > cfg.seq_len {
         anyhow::bail!(
             "--ctx-per-slot {ctx} is outside 1..={}, the model's context ({})",

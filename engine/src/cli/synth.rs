@@ -117,7 +117,7 @@ fn write_gguf(a: &SynthArgs, cfg: &model_config::ModelConfig) -> anyhow::Result<
     let result = engine::Model::open(&tmp, engine::Realign::Never)
         .map_err(anyhow::Error::from)
         .and_then(|m| {
-            write_gguf(&m, weights, vocab.as_ref(), &a.out)
+            write_gguf(&m, cfg, weights, vocab.as_ref(), &a.out)
                 .with_context(|| format!("writing {}", a.out.display()))
         });
     let _ = std::fs::remove_file(&tmp);

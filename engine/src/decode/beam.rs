@@ -257,7 +257,12 @@ pub fn session_options(
         batch: base.batch.max(beams),
         logit_rows: base.logit_rows.max(beams),
         sequences: base.sequences.max(2 * beams),
-        positions: Some(needed.max(base.positions.unwrap_or(seq_len))),
+        positions: Some(
+            needed.max(
+                base.positions
+                    .unwrap_or(seq_len.min(crate::runtime::session::DEFAULT_CONTEXT)),
+            ),
+        ),
         ..base
     }
 }

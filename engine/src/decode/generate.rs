@@ -57,6 +57,8 @@ pub struct GenerationStats {
     pub time_to_first_token: Duration,
     /// Total wall time.
     pub total: Duration,
+    /// The stop id that ended the generation, if one did.
+    pub stopped: Option<u32>,
 }
 
 impl GenerationStats {
@@ -82,12 +84,15 @@ pub fn max_steps(prompt_len: usize, seq_len: usize) -> usize {
 }
 
 /// Feeds `prompt` (starting at the session's current position), then generates up to `steps`
-/// tokens, calling `on_token` for each. Stops early when the model generates BOS.
-/// `steps` must not exceed [`max_steps`]; the caller clamps or refuses.
+/// tokens, calling `on_token` for each. Stops early when the model generates one of `stop`
+/// (not reported, not fed: `[BOS]` for llama2.c models as in `run.c`, the vocabulary's
+/// end-of-generation ids for GGUF ones). `steps` must not exceed [`max_steps`]; the caller
+/// clamps or refuses.
 pub fn generate(
     session: &mut Session,
     prompt: &[u32],
     steps: usize,
+    stop: &[u32],
     sampler: &mut Sampler,
     mut on_token: impl FnMut(TokenEvent),
 ) -> Result<GenerationStats, GenerateError> {
@@ -105,6 +110,7 @@ pub fn generate(
         generated: 0,
         time_to_first_token: Duration::ZERO,
         total: Duration::ZERO,
+        stopped: None,
     };
     // The prompt goes through the batched path; its last row's logits give the first token.
     let mut t0 = Instant::now();
@@ -117,7 +123,8 @@ pub fn generate(
         }
         let next = sampler.sample(logits);
         let latency = t0.elapsed();
-        if next == BOS {
+        if stop.contains(&next) {
+            stats.stopped = Some(next);
             break;
         }
         if stats.generated == 0 {

@@ -147,15 +147,26 @@ fn encode_value(v: &Value, out: &mut Vec<u8>) {
 }
 
 /// Writes `src` (an f32 llama2.c model) as a llama GGUF at `path`, its matrices (and token
-/// embedding) as `weights`, norms F32; with `vocab`'s `tokenizer.*` keys when given.
+/// embedding) as `weights`, norms F32; with `vocab`'s `tokenizer.*` keys when given. The
+/// metadata (rope base and scaling, norm epsilon) comes from `config`, which must have `src`'s
+/// shape: a llama2.c file does not store those.
 pub fn write_gguf(
     src: &Model,
+    config: &model_config::ModelConfig,
     weights: GgufWeights,
     vocab: Option<&Gguf>,
     path: &Path,
 ) -> std::io::Result<()> {
-    let c = src.config();
+    let c = config;
     let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if !c.same_shape(src.config()) {
+        return Err(bad(format!(
+            "the config ({}) does not have the shape of {} ({})",
+            c.shape_summary(),
+            src.path().display(),
+            src.config().shape_summary()
+        )));
+    }
     if weights != GgufWeights::F32
         && (!c.dim.is_multiple_of(32) || !c.hidden_dim.is_multiple_of(32))
     {

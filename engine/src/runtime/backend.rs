@@ -105,12 +105,21 @@ impl Backend {
         isa: Option<Isa>,
     ) -> Result<Option<Self>, LoadError> {
         let compiled = compiled_config();
-        if !model.same_shape(&compiled) {
+        // The generated RMSNorm kernels bake the epsilon in, so it must match too.
+        let eps_differs = model.norm_eps != compiled.norm_eps;
+        if !model.same_shape(&compiled) || eps_differs {
+            let describe = |c: &ModelConfig| {
+                if eps_differs {
+                    format!("{}, rms_norm_eps {}", c.shape_summary(), c.norm_eps)
+                } else {
+                    c.shape_summary()
+                }
+            };
             return Err(LoadError::ShapeMismatch {
                 path: path.to_path_buf(),
-                file_shape: model.shape_summary(),
+                file_shape: describe(model),
                 compiled_name: compiled.name.clone(),
-                compiled_shape: compiled.shape_summary(),
+                compiled_shape: describe(&compiled),
                 rebuild: rebuild_command(model, path),
             });
         }

@@ -12,9 +12,9 @@ use crate::runtime::state::{Rope, RunState};
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StepError {
     /// Every position of the context is used.
-    #[error("the context is full: the model's seq_len is {seq_len} positions")]
+    #[error("the context is full: all {seq_len} positions are used (--ctx sets how many a run gets, up to the model's context length)")]
     ContextFull {
-        /// The model's context length.
+        /// The positions a sequence can hold.
         seq_len: usize,
     },
     /// The KV cache refused (full, or too many sequences).
@@ -59,10 +59,14 @@ pub struct SessionOptions {
     pub logit_rows: usize,
     /// Sequences the cache holds at once.
     pub sequences: usize,
-    /// Positions in the cache for all sequences together (default: the model's context for
-    /// each sequence).
+    /// Positions in the cache for all sequences together (default: the model's context, at
+    /// most [`DEFAULT_CONTEXT`], for each sequence).
     pub positions: Option<usize>,
 }
+
+/// Positions a sequence gets unless told otherwise (llama.cpp's default `-c 4096`): a GGUF
+/// model's `context_length` can be 131072, whose f32 KV cache would take gigabytes.
+pub const DEFAULT_CONTEXT: usize = 4096;
 
 /// Prompt tokens per forward pass unless told otherwise (`--batch`): see docs/PERFORMANCE.md.
 pub const DEFAULT_BATCH: usize = 64;
@@ -127,7 +131,9 @@ impl<'m> Session<'m> {
             model.weights()
         };
         let sequences = options.sequences.max(1);
-        let positions = options.positions.unwrap_or(cfg.seq_len * sequences);
+        let positions = options
+            .positions
+            .unwrap_or(cfg.seq_len.min(DEFAULT_CONTEXT) * sequences);
         let mut kv = KvCache::new(cfg, options.kv_cache, positions, sequences);
         let seq = kv.create().expect("a new cache has a free sequence");
         Self {
@@ -162,6 +168,12 @@ impl<'m> Session<'m> {
         self.model
     }
 
+    /// The most positions one sequence can hold: the model's context, or less if the cache
+    /// was sized smaller.
+    pub fn context(&self) -> usize {
+        self.model.config().seq_len.min(self.kv.capacity())
+    }
+
     /// The next position to be filled in the session's own sequence.
     pub fn pos(&self) -> usize {
         self.kv.len(self.seq)
@@ -194,9 +206,9 @@ impl<'m> Session<'m> {
 
     fn check(&self, token: u32, pos: usize) -> Result<(), StepError> {
         let cfg = self.model.config();
-        if pos >= cfg.seq_len {
+        if pos >= self.context() {
             return Err(StepError::ContextFull {
-                seq_len: cfg.seq_len,
+                seq_len: self.context(),
             });
         }
         if token as usize >= cfg.vocab_size {
@@ -227,7 +239,7 @@ impl<'m> Session<'m> {
         self.kv
             .append(self.seq, tokens.len())
             .map_err(|_| StepError::ContextFull {
-                seq_len: self.model.config().seq_len,
+                seq_len: self.context(),
             })?;
         let cfg = self.model.config();
         let mut logits = 0..0;

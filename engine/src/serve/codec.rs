@@ -5,13 +5,13 @@
 //! - [`TextCodec`]: text → token ids, token id → bytes, which ids end a generation;
 //! - [`ChatFormat`]: a conversation → the prompt text.
 //!
-//! [`Llama2Codec`] wraps llama2.c's `tokenizer.bin`; [`JinjaChat`] renders a model's Jinja
+//! [`ModelCodec`] wraps the model's tokenizer (llama2.c's `tokenizer.bin` or a GGUF vocabulary); [`JinjaChat`] renders a model's Jinja
 //! template, or a built-in one for models that carry none (llama2.c checkpoints).
 
 use crate::text::chat_template::{
-    builtin_source, ChatTemplate, Message, TemplateError, BUILTIN_TEMPLATES,
+    builtin_source, strip_added_specials, ChatTemplate, Message, TemplateError, BUILTIN_TEMPLATES,
 };
-use crate::text::tokenizer::{Tokenizer, BOS, EOS};
+use crate::text::ModelTokenizer;
 
 /// A model's tokenizer as the server uses it. Implementations are shared between the HTTP
 /// handlers (encoding prompts, decoding streamed tokens) and so must be `Send + Sync`.
@@ -34,75 +34,69 @@ pub trait TextCodec: Send + Sync {
     fn bos_text(&self) -> &str;
     /// The text of the EOS token, as chat templates write it.
     fn eos_text(&self) -> &str;
+    /// Whether [`TextCodec::encode`] adds BOS and EOS itself: a rendered template's own
+    /// leading BOS / trailing EOS text is then removed (llama.cpp's rule against doubling).
+    fn adds_specials(&self) -> (bool, bool);
 }
 
-/// llama2.c's tokenizer: BOS is 1, EOS is 2, and a generated BOS or EOS ends the text
-/// (`run.c` stops at BOS; the Llama 2 vocabulary's EOS means the same).
-pub struct Llama2Codec {
-    tokenizer: Tokenizer,
+/// A model's own tokenizer ([`ModelTokenizer`]: llama2.c's `tokenizer.bin` or a GGUF
+/// vocabulary) as the server uses it. Generation ends on the vocabulary's end-of-generation
+/// ids (EOS, end of turn, ...; BOS and EOS for llama2.c files: `run.c` stops at BOS, and
+/// chat templates end an answer with EOS).
+pub struct ModelCodec {
+    tokenizer: ModelTokenizer,
+    stop: Vec<u32>,
     max_piece: usize,
+    bos_text: String,
+    eos_text: String,
 }
 
-impl Llama2Codec {
+impl ModelCodec {
     /// Wraps a tokenizer whose vocabulary is the model's.
-    pub fn new(tokenizer: Tokenizer) -> Self {
+    pub fn new(tokenizer: ModelTokenizer) -> Self {
         let max_piece = (0..tokenizer.vocab_size() as u32)
             .map(|id| tokenizer.piece(id).len())
             .max()
             .unwrap_or(1)
             .max(1);
+        let mut stop = tokenizer.stop_ids();
+        if let ModelTokenizer::Llama2c(_) = &tokenizer {
+            // A chat template writes `</s>` after each answer: a model that learned it stops there.
+            stop.push(crate::text::tokenizer::EOS);
+        }
         Self {
+            stop,
+            bos_text: tokenizer.bos_text(),
+            eos_text: tokenizer.eos_text(),
             tokenizer,
             max_piece,
         }
     }
 
     /// The wrapped tokenizer.
-    pub fn tokenizer(&self) -> &Tokenizer {
+    pub fn tokenizer(&self) -> &ModelTokenizer {
         &self.tokenizer
     }
 }
 
-impl TextCodec for Llama2Codec {
+impl TextCodec for ModelCodec {
     fn vocab_size(&self) -> usize {
         self.tokenizer.vocab_size()
     }
 
     fn encode(&self, text: &str, special: bool) -> Vec<u32> {
-        if !special {
-            return self.tokenizer.encode(text, true, false);
-        }
-        // `<s>` and `</s>` in a rendered template are the BOS and EOS tokens; the text between
-        // them is encoded as text. A leading `<s>` is the BOS the encoder adds anyway (no
-        // doubled BOS, as llama.cpp strips it).
-        let mut out = vec![BOS];
-        let mut rest = text.strip_prefix("<s>").unwrap_or(text);
-        while !rest.is_empty() {
-            let next = [("<s>", BOS), ("</s>", EOS)]
-                .iter()
-                .filter_map(|&(mark, id)| rest.find(mark).map(|at| (at, mark.len(), id)))
-                .min();
-            let (at, len, id) = next.unwrap_or((rest.len(), 0, 0));
-            if at > 0 {
-                out.extend(self.tokenizer.encode(&rest[..at], false, false));
-            }
-            if len > 0 {
-                out.push(id);
-            }
-            rest = &rest[at + len..];
-        }
-        out
+        self.tokenizer.encode(text, special)
     }
 
     fn piece(&self, prev: u32, id: u32) -> &[u8] {
-        if id == BOS || id == EOS {
+        if self.is_end(id) {
             return b"";
         }
         self.tokenizer.decode_piece(prev, id)
     }
 
     fn is_end(&self, id: u32) -> bool {
-        id == BOS || id == EOS
+        self.stop.contains(&id)
     }
 
     fn max_piece_bytes(&self) -> usize {
@@ -110,11 +104,18 @@ impl TextCodec for Llama2Codec {
     }
 
     fn bos_text(&self) -> &str {
-        "<s>"
+        &self.bos_text
     }
 
     fn eos_text(&self) -> &str {
-        "</s>"
+        &self.eos_text
+    }
+
+    fn adds_specials(&self) -> (bool, bool) {
+        match &self.tokenizer {
+            ModelTokenizer::Llama2c(_) => (true, false),
+            ModelTokenizer::Gguf(t) => (t.add_bos(), t.add_eos()),
+        }
     }
 }
 
@@ -196,8 +197,11 @@ impl ChatFormat for JinjaChat {
             .iter()
             .map(|m| Message::new(m.role.clone(), m.content.clone()))
             .collect();
+        let (add_bos, add_eos) = codec.adds_specials();
+        let (bos, eos) = (codec.bos_text(), codec.eos_text());
         self.template
-            .render_conversation(&messages, true, codec.bos_text(), codec.eos_text(), None)
+            .render_conversation(&messages, true, bos, eos, None)
+            .map(|text| strip_added_specials(&text, bos, eos, add_bos, add_eos).to_string())
             .map_err(|e| match e {
                 TemplateError::Raised(msg) => {
                     ChatError(format!("the chat template refused these messages: {msg}"))
@@ -241,6 +245,9 @@ mod tests {
         }
         fn eos_text(&self) -> &str {
             "</s>"
+        }
+        fn adds_specials(&self) -> (bool, bool) {
+            (false, false)
         }
     }
 
@@ -287,12 +294,13 @@ mod tests {
 
     #[test]
     fn llama2_codec_reads_bos_and_eos_texts_as_tokens() {
+        use crate::text::tokenizer::{Tokenizer, BOS, EOS};
         let Some(path) = crate::fixtures::fixture("models/tokenizer.bin") else {
             return;
         };
         let t = Tokenizer::from_file(&path, 32000).unwrap();
         let plain = |s: &str| t.encode(s, false, false);
-        let c = Llama2Codec::new(t.clone());
+        let c = ModelCodec::new(ModelTokenizer::Llama2c(t.clone()));
         let mut want = vec![BOS];
         want.extend(plain("[INST] Hi [/INST] Yo "));
         want.push(EOS);
@@ -306,5 +314,26 @@ mod tests {
         assert_eq!(c.encode("<s>x", false), t.encode("<s>x", true, false));
         assert!(c.is_end(BOS) && c.is_end(EOS) && !c.is_end(3));
         assert!(c.max_piece_bytes() >= 4);
+        assert_eq!((c.bos_text(), c.eos_text()), ("<s>", "</s>"));
+    }
+
+    #[test]
+    fn gguf_codec_ends_on_the_vocabularys_end_of_generation_ids() {
+        let Some(path) = crate::fixtures::fixture("gguf/vocab/ggml-vocab-llama-bpe.gguf") else {
+            return;
+        };
+        let bytes = std::fs::read(path).unwrap();
+        let c = ModelCodec::new(ModelTokenizer::gguf(&bytes).unwrap());
+        assert_eq!(c.bos_text(), "<|begin_of_text|>");
+        // <|eot_id|> (128009) ends a chat turn; <|end_of_text|> (128001) the text.
+        assert!(c.is_end(128009) && c.is_end(128001) && !c.is_end(128000));
+        assert!(c.piece(0, 128009).is_empty());
+        let ids = c.encode("<|start_header_id|>user<|end_header_id|>", true);
+        assert_eq!(ids, [128000, 128006, 882, 128007]);
+        let ids = c.encode("<|eot_id|>", false);
+        assert!(
+            ids.len() > 2,
+            "without special parsing the text is text: {ids:?}"
+        );
     }
 }
