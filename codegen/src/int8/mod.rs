@@ -479,6 +479,7 @@ fn batch_tile<E: Int8Emitter>(
     group: usize,
     rows: usize,
     tokens: usize,
+    prefetch: bool,
 ) -> TokenStream {
     let name = batch_tile_name(q4, cols, rows, tokens);
     let feats = features::<E>();
@@ -491,8 +492,16 @@ fn batch_tile<E: Int8Emitter>(
     } else {
         quote!()
     };
-    let body = custom
-        .unwrap_or_else(|| rows_body(q4, cols, BLOCK / group, (rows, tokens), false, &batch_index));
+    let body = custom.unwrap_or_else(|| {
+        rows_body(
+            q4,
+            cols,
+            BLOCK / group,
+            (rows, tokens),
+            prefetch,
+            &batch_index,
+        )
+    });
     let wt = if q4 { quote!(u8) } else { quote!(i8) };
     let docs = doc(&format!(
         "{rows} row{} × {tokens} token{} of {cols} columns: outputs `op[t · ld + r]`.",
@@ -537,7 +546,8 @@ fn batch_tile<E: Int8Emitter>(
 }
 
 /// The shared batched body for every `cols`-column shape of one format: layout tiles of rows
-/// outside, register tiles of tokens inside, leftover tokens and rows one at a time.
+/// outside, register tiles of tokens inside (full tiles, then a pair), leftover tokens and rows
+/// one at a time.
 fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
     let name = batch_body_name(q4, cols);
     let feats = features::<E>();
@@ -582,6 +592,29 @@ fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStrea
         "Layout tiles outside, so a tile's rows stay in L1 while every token passes over \
          them; the weights are read from memory once per call.",
     );
+    // Tokens past the last full tile: a pair together where the full tile is wider than two
+    // (a few decoding streams share each weight load), then one at a time.
+    let ones = quote! {
+        for t in t..tokens {
+            #one_token(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r));
+        }
+    };
+    let leftover = if tokens_t > 2 {
+        let pair = batch_tile_name(q4, cols, TILE_ROWS, 2);
+        quote! {
+            let mut t = token_tiles * #tt;
+            if tokens - t >= 2 {
+                #pair(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r), ld);
+                t += 2;
+            }
+            #ones
+        }
+    } else {
+        quote! {
+            let t = token_tiles * #tt;
+            #ones
+        }
+    };
     let safety = comment(
         "SAFETY: the lengths are checked above, every tile reads rows below `rows` and tokens \
          below `tokens`, and the caller guarantees the outputs and the CPU features.",
@@ -620,9 +653,7 @@ fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStrea
                         let t = j * #tt;
                         #full(wp, sp, xp.add(t * #c), xsp.add(t * #sc), #table_arg cp.add(t * #cq), out.add(t * ld + r), ld);
                     }
-                    for t in token_tiles * #tt..tokens {
-                        #one_token(wp, sp, xp.add(t * #c), xsp.add(t * #sc), cp.add(t * #cq), out.add(t * ld + r));
-                    }
+                    #leftover
                 }
                 for r in tiles * #tr..rows {
                     let wp = w.as_ptr().add(r * #rb);
@@ -639,10 +670,14 @@ fn batch_body<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStrea
 /// The batched body for `cols` columns and the tiles it calls.
 fn batch_items<E: Int8Emitter>(q4: bool, cols: usize, group: usize) -> TokenStream {
     let body = batch_body::<E>(q4, cols, group);
-    let full = batch_tile::<E>(q4, cols, group, TILE_ROWS, E::BATCH_TOKENS);
-    let one_token = batch_tile::<E>(q4, cols, group, TILE_ROWS, 1);
-    let single = batch_tile::<E>(q4, cols, group, 1, 1);
-    quote!(#body #full #one_token #single)
+    let full = batch_tile::<E>(q4, cols, group, TILE_ROWS, E::BATCH_TOKENS, false);
+    // With fewer tokens than a full tile (two or three decoding streams), the pair tile is
+    // the first to touch the weights, so it prefetches them as the GEMV does.
+    let pair = (E::BATCH_TOKENS > 2)
+        .then(|| batch_tile::<E>(q4, cols, group, TILE_ROWS, 2, E::PREFETCHES));
+    let one_token = batch_tile::<E>(q4, cols, group, TILE_ROWS, 1, false);
+    let single = batch_tile::<E>(q4, cols, group, 1, 1, false);
+    quote!(#body #full #pair #one_token #single)
 }
 
 /// The public name of a shape's batched kernel.
