@@ -287,6 +287,18 @@ fn bad_gguf_files_are_refused_with_one_clear_error() {
             "past the end",
         ),
         (
+            // The last tensor claims 8 GiB: its data would end far past the file.
+            "tensor-past-end",
+            tiny_gguf(|_, t| t.last_mut().unwrap().1 = vec![32, 64 << 20]),
+            "lie past the end of the",
+        ),
+        (
+            // Dimensions whose product overflows u64.
+            "dims-overflow",
+            tiny_gguf(|_, t| t.last_mut().unwrap().1 = vec![1 << 40, 1 << 40]),
+            "its size overflows",
+        ),
+        (
             "magic",
             [b"GGUX".as_slice(), &good[4..]].concat(),
             "not a usable llama2.c checkpoint",
