@@ -269,6 +269,33 @@ fn open_err(dir: &Path, name: &str, bytes: &[u8]) -> String {
     }
 }
 
+/// Found by fuzzing: f32 matrices with a quantised token embedding that is also the classifier
+/// (no `output.weight`) made the classifier's GEMV panic for want of a quantised input.
+#[test]
+fn a_quantised_tied_embedding_with_f32_matrices_runs() {
+    let dir = temp_dir("gguf-tied-q8");
+    for (type_id, block) in [(8u32, 34usize), (2, 18)] {
+        // 4 rows of 32 values: one block per row, an f16 scale of 0.01 and varied quants.
+        let mut blocks = Vec::new();
+        for r in 0..4 {
+            blocks.extend_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            blocks.extend((0..block - 2).map(|i| ((i * 7 + r * 3) % 31) as u8));
+        }
+        let bytes = tiny_gguf(|_, t| {
+            t[0].2 = type_id;
+            t[0].3 = blocks;
+        });
+        let path = dir.join(format!("tied-{type_id}.gguf"));
+        std::fs::write(&path, &bytes).unwrap();
+        let model = Model::open(&path, Realign::Never).unwrap();
+        let mut s = Session::new(&model, Backend::generic(None).unwrap());
+        let logits = s.step(1).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()), "type {type_id}");
+        assert!(logits.iter().any(|&v| v != logits[0]), "type {type_id}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn bad_gguf_files_are_refused_with_one_clear_error() {
     let dir = temp_dir("gguf-bad");

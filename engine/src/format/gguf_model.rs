@@ -310,8 +310,11 @@ pub fn config(g: &Gguf, stem: &str) -> Result<ModelConfig, GgufModelError> {
         }
         _ => embd_rows,
     };
+    // The token embedding's rows are only looked up, unless it is also the classifier: then
+    // a quantised embedding is a quantised matrix, which needs quantised inputs.
+    let shared_classifier = g.tensor("output.weight").is_none();
     let quantised = g.tensors().iter().any(|t| {
-        t.name != "token_embd.weight"
+        (t.name != "token_embd.weight" || shared_classifier)
             && !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     });
     let cfg = ModelConfig {
@@ -323,7 +326,7 @@ pub fn config(g: &Gguf, stem: &str) -> Result<ModelConfig, GgufModelError> {
         n_kv_heads,
         vocab_size,
         seq_len,
-        shared_classifier: g.tensor("output.weight").is_none(),
+        shared_classifier,
         rope_theta,
         norm_eps,
         rope_freq_scale,
