@@ -326,6 +326,12 @@ fn bad_gguf_files_are_refused_with_one_clear_error() {
             "its size overflows",
         ),
         (
+            // 2^62 f32 values: 2^64 bytes, which wraps to 0 in u64 arithmetic (found by fuzzing).
+            "bytes-overflow",
+            tiny_gguf(|_, t| t.last_mut().unwrap().1 = vec![1 << 31, 1 << 31]),
+            "its size in bytes overflows",
+        ),
+        (
             "magic",
             [b"GGUX".as_slice(), &good[4..]].concat(),
             "not a usable llama2.c checkpoint",

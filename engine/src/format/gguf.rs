@@ -662,7 +662,11 @@ impl<'a> Gguf<'a> {
                     ty.name()
                 )));
             }
-            let size = elements / block * ty.block_bytes() as u64;
+            // Checked: an F32 tensor of 2^62 values would otherwise wrap to 0 bytes and pass
+            // the bounds check below.
+            let size = (elements / block)
+                .checked_mul(ty.block_bytes() as u64)
+                .ok_or_else(|| shape_err("its size in bytes overflows".into()))?;
             let data_err = |why: &str| GgufError::Data {
                 name: name.into(),
                 offset,
