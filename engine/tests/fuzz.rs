@@ -4,16 +4,20 @@
 //!
 //! Every case must finish without a panic, within [`SLOW`], and without any single allocation
 //! larger than a bound set by the input's size (a counting global allocator watches the case's
-//! thread). Seeds are the fixture files (small vocabularies cut from llama.cpp's vocab files,
-//! stories260K's GGUF models) and files built here; mutations flip and set bytes, insert,
-//! delete, splice pieces of other seeds, truncate, and write interesting integers at random
-//! offsets and at the offsets of header fields (counts, string lengths, dimensions, types,
-//! tensor offsets).
+//! thread; a watchdog ends the process on a case stuck for [`STUCK`]). Seeds are the fixture
+//! files (small vocabularies cut from llama.cpp's vocab files, stories260K's GGUF models, and
+//! now and then the whole vocab files and synthesised Llama-3 models, mutated in their header
+//! only) and files built here; mutations flip and set bytes, insert, delete, repeat pieces of
+//! the file, splice pieces of other seeds, truncate, and write interesting integers at random
+//! offsets and at the offsets of header fields found by walking each seed once (counts, key and
+//! string lengths, value and array element types, array counts, dimensions, tensor types and
+//! offsets). The tokenizers also get random and mutated text, and must give it back.
 //!
 //! The tests are `#[ignore]`d so `cargo test --workspace` skips them:
-//! `FUZZ_CASES=10000 cargo test --release -p engine --test fuzz -- --ignored` (`FUZZ_SEED` picks
+//! `FUZZ_CASES=10000 cargo test -p engine --test fuzz -- --ignored` (`FUZZ_SEED` picks
 //! another stream of cases). A failing input is written to `target/fuzz-failures/` with the
-//! seed and case index to replay it.
+//! seed and case index to replay it; a target run for that many cases with that seed ends
+//! with it.
 
 mod common;
 #[path = "common/gguf_builder.rs"]
@@ -23,7 +27,7 @@ use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::base::rng::Rng;
@@ -32,8 +36,9 @@ use engine::format::ggml::dequantize;
 use engine::format::gguf::{Gguf, Value, ValueType};
 use engine::runtime::session::SessionOptions;
 use engine::text::gguf_tokenizer::{GgufTokenizer, Kind};
+use engine::text::pretokenize::Pre;
 use engine::{Backend, Model, Realign, Session};
-use gguf_builder::{build, Layout, T, V};
+use gguf_builder::{build, T, V};
 
 // ---------------------------------------------------------------------------------------------
 // Largest single allocation, per thread
@@ -110,6 +115,51 @@ fn seed() -> u64 {
         .unwrap_or(0x5eed)
 }
 
+/// A case still running after this long is stuck: a hang never comes back to be measured, so
+/// a watchdog thread names the case and ends the process.
+const STUCK: Duration = Duration::from_secs(120);
+
+/// Watches the case in progress; ends the process when one runs longer than [`STUCK`].
+struct Watchdog {
+    current: Arc<Mutex<Option<(usize, Instant)>>>,
+}
+
+impl Watchdog {
+    fn start(name: &str) -> Self {
+        let current = Arc::new(Mutex::new(None::<(usize, Instant)>));
+        let watched = Arc::downgrade(&current);
+        let name = name.to_string();
+        // The thread ends once the run drops its watchdog.
+        std::thread::spawn(move || {
+            while let Some(current) = watched.upgrade() {
+                if let Some((case, since)) = *current.lock().unwrap() {
+                    if since.elapsed() > STUCK {
+                        eprintln!(
+                            "{name}: case {case} (FUZZ_SEED={}) has run for {:?}, a hang; it is \
+                             the last case of this target run for {} cases with that seed",
+                            seed(),
+                            since.elapsed(),
+                            case + 1
+                        );
+                        std::process::exit(2);
+                    }
+                }
+                drop(current);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Self { current }
+    }
+
+    fn begin(&self, case: usize) {
+        *self.current.lock().unwrap() = Some((case, Instant::now()));
+    }
+
+    fn end(&self) {
+        *self.current.lock().unwrap() = None;
+    }
+}
+
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 
 /// What one case did: its input, the largest single allocation and the bound it had.
@@ -127,13 +177,16 @@ fn run(name: &str, cases: usize, mut one: impl FnMut(&mut Rng, &mut Vec<u8>) -> 
     }));
     let mut rng = Rng::new(seed() ^ name.bytes().fold(0u64, |h, b| h * 31 + u64::from(b)));
     let start = Instant::now();
+    let watchdog = Watchdog::start(name);
     let mut failure = None;
     let (mut largest_ratio, mut slowest) = (0f64, Duration::ZERO);
     for case in 0..cases {
         let mut case_rng = Rng::new(rng.next_u64());
         let mut input = Vec::new();
         let t = Instant::now();
+        watchdog.begin(case);
         let result = catch_unwind(AssertUnwindSafe(|| one(&mut case_rng, &mut input)));
+        watchdog.end();
         let took = t.elapsed();
         slowest = slowest.max(took);
         let problem = match result {
@@ -231,22 +284,147 @@ const INTERESTING: [u64; 31] = [
 /// A seed file and where its header fields are.
 struct Seed {
     bytes: Vec<u8>,
-    /// Offsets of u32/u64 header fields: counts, key/value string lengths, n_dims, dims, type
-    /// ids, tensor data offsets.
-    fields: Vec<usize>,
+    fields: Fields,
+    /// Mutate only the first this many bytes (the key/values and tensor infos) and keep the
+    /// tensor data: for the multi-megabyte models, whose copy would otherwise dominate a case.
+    header_only: Option<usize>,
 }
 
 impl Seed {
-    fn new((bytes, l): (Vec<u8>, Layout)) -> Self {
-        let mut fields = vec![8, 16];
-        fields.extend(&l.kv);
-        fields.extend(&l.tensor_info);
-        fields.extend(&l.tensor_offset_field);
-        fields.extend(&l.tensor_type_field);
-        for &n in &l.tensor_ndims_field {
-            fields.extend([n, n + 4, n + 12]);
+    fn new(bytes: Vec<u8>) -> Self {
+        let fields = Fields::walk(&bytes);
+        Self {
+            bytes,
+            fields,
+            header_only: None,
         }
-        Self { bytes, fields }
+    }
+
+    fn header_only(mut self) -> Self {
+        self.header_only = Some(self.fields.header_end);
+        self
+    }
+
+    /// A mutated copy.
+    fn mutated(&self, rng: &mut Rng, others: &[&[u8]]) -> Vec<u8> {
+        let head = self.header_only.unwrap_or(self.bytes.len());
+        let mut v = Vec::with_capacity(self.bytes.len() + 64);
+        v.extend_from_slice(&self.bytes[..head]);
+        mutate(rng, &mut v, &self.fields, others);
+        v.extend_from_slice(&self.bytes[head..]);
+        v
+    }
+}
+
+/// Offsets of a GGUF file's u32/u64 header fields, found by walking the file once as the
+/// format describes it (not with the reader under test).
+#[derive(Default)]
+struct Fields {
+    /// The tensor and key/value counts; each key's length and value type; string values'
+    /// lengths; arrays' element types and counts; each tensor's name length, dimension count,
+    /// dimensions, type and data offset.
+    structure: Vec<usize>,
+    /// Lengths of strings inside arrays (at most 64 per array, spread over it).
+    elements: Vec<usize>,
+    /// Where the tensor infos end.
+    header_end: usize,
+}
+
+impl Fields {
+    fn walk(bytes: &[u8]) -> Self {
+        let mut f = Fields {
+            structure: vec![8, 16],
+            ..Fields::default()
+        };
+        let mut w = Walk { bytes, at: 8 };
+        // A seed is a valid file; `None` only stops the walk early.
+        let _ = w.header(&mut f);
+        f.header_end = w.at;
+        f
+    }
+}
+
+struct Walk<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Walk<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let b = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(b)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<()> {
+        let n = self.u64()?;
+        self.take(usize::try_from(n).ok()?).map(|_| ())
+    }
+
+    fn header(&mut self, f: &mut Fields) -> Option<()> {
+        let n_tensors = self.u64()?;
+        let n_kv = self.u64()?;
+        for _ in 0..n_kv {
+            f.structure.push(self.at);
+            self.string()?;
+            f.structure.push(self.at);
+            let ty = self.u32()?;
+            self.value(ty, f, true)?;
+        }
+        for _ in 0..n_tensors {
+            f.structure.push(self.at);
+            self.string()?;
+            f.structure.push(self.at);
+            let n_dims = self.u32()?;
+            for _ in 0..n_dims {
+                f.structure.push(self.at);
+                self.u64()?;
+            }
+            f.structure.push(self.at);
+            self.u32()?;
+            f.structure.push(self.at);
+            self.u64()?;
+        }
+        Some(())
+    }
+
+    fn value(&mut self, ty: u32, f: &mut Fields, top: bool) -> Option<()> {
+        let size = match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                if top {
+                    f.structure.push(self.at);
+                }
+                return self.string();
+            }
+            9 => {
+                f.structure.push(self.at);
+                let elem = self.u32()?;
+                f.structure.push(self.at);
+                let n = self.u64()?;
+                let step = (n / 64).max(1);
+                for i in 0..n {
+                    if elem == 8 && i % step == 0 {
+                        f.elements.push(self.at);
+                    }
+                    self.value(elem, f, false)?;
+                }
+                return Some(());
+            }
+            _ => return None,
+        };
+        self.take(size).map(|_| ())
     }
 }
 
@@ -259,17 +437,22 @@ fn interesting(rng: &mut Rng) -> u64 {
     }
 }
 
-fn mutate(rng: &mut Rng, data: &mut Vec<u8>, fields: &[usize], others: &[&[u8]]) {
+fn mutate(rng: &mut Rng, data: &mut Vec<u8>, fields: &Fields, others: &[&[u8]]) {
     // Few rounds: most bytes of a vocabulary are string lengths and texts, so each mutation is
     // likely to end parsing early; single changes reach the later stages more often.
-    let rounds = 1 + rng.below(2);
+    // Now and then a burst of changes, which a single round never reaches.
+    let rounds = if rng.below(8) == 0 {
+        1 + rng.below(8)
+    } else {
+        1 + rng.below(2)
+    };
     for _ in 0..rounds {
         if data.is_empty() {
             data.push(rng.below(256) as u8);
             continue;
         }
         let at = rng.below(data.len());
-        match rng.below(9) {
+        match rng.below(10) {
             0 => data[at] ^= 1 << rng.below(8),
             1 => data[at] = rng.below(256) as u8,
             2 => {
@@ -298,14 +481,33 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, fields: &[usize], others: &[&[u8]])
                 let n = width.min(data.len() - at);
                 data[at..at + n].copy_from_slice(&bytes[..n]);
             }
-            6 | 7 if !fields.is_empty() => {
-                // A header field: a count, a length, a dimension, a type or an offset.
-                let f = fields[rng.below(fields.len())];
+            6 | 7 if !fields.structure.is_empty() => {
+                // A header field: a count, a length, a dimension, a type or an offset; now and
+                // then a string's length inside an array.
+                let list = if fields.elements.is_empty() || rng.below(4) > 0 {
+                    &fields.structure
+                } else {
+                    &fields.elements
+                };
+                let f = list[rng.below(list.len())];
                 let width = if rng.below(2) == 0 { 4 } else { 8 };
-                let bytes = interesting(rng).to_le_bytes();
+                let value = if rng.below(4) == 0 {
+                    // Just what is left after the field, or one more or less.
+                    let left = data.len().saturating_sub(f + width) as u64;
+                    left.wrapping_add(rng.below(3) as u64).wrapping_sub(1)
+                } else {
+                    interesting(rng)
+                };
                 if f + width <= data.len() {
-                    data[f..f + width].copy_from_slice(&bytes[..width]);
+                    data[f..f + width].copy_from_slice(&value.to_le_bytes()[..width]);
                 }
+            }
+            8 => {
+                // Repeat a piece of the file elsewhere in it.
+                let s = rng.below(data.len());
+                let n = (1 + rng.below(64)).min(data.len() - s);
+                let piece = data[s..s + n].to_vec();
+                data.splice(at..at, piece);
             }
             _ => data.truncate(at),
         }
@@ -383,7 +585,7 @@ fn small_vocab(path: &str, n: usize, extra: &[&str], keys: &[(&str, V)]) -> Opti
         kvs.push(("tokenizer.ggml.merges".into(), V::Arr(8, kept)));
     }
     let refs: Vec<(&str, V)> = kvs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    Some(Seed::new(build(&refs, &[])))
+    Some(Seed::new(build(&refs, &[]).0))
 }
 
 /// A GGUF model fixture rebuilt with the builder (so its header fields are known), with its
@@ -407,7 +609,7 @@ fn model_seed(path: &str) -> Option<Seed> {
             data: g.data(t).to_vec(),
         })
         .collect();
-    let seed = Seed::new(build(&refs, &tensors));
+    let seed = Seed::new(build(&refs, &tensors).0);
     assert!(Gguf::parse(&seed.bytes).is_ok(), "{path} rebuilt");
     Some(seed)
 }
@@ -423,6 +625,23 @@ fn ggml_id(name: &str) -> u32 {
         "BF16" => 30,
         other => panic!("no id for {other}"),
     }
+}
+
+/// One case in this many mutates a whole fixture of megabytes (the real vocabularies, the
+/// synthesised Llama-3 models) rather than a small seed: building a 128k-token tokenizer takes
+/// far longer than a small case.
+const BIG_RATE: usize = 100;
+
+/// One model case in this many loads a synthesised Llama-3 fixture (13-36 MB written and
+/// converted per case).
+const BIG_MODEL_RATE: usize = 25;
+
+/// Whole fixture files as seeds, mutated in their header only (key/values and tensor infos).
+fn big_seeds(paths: &[&str]) -> Vec<Seed> {
+    paths
+        .iter()
+        .filter_map(|p| Some(Seed::new(std::fs::read(fixture(p)?).unwrap()).header_only()))
+        .collect()
 }
 
 /// Small tensors of every type baremetal decodes, and one it does not (Q5_K), with random
@@ -446,15 +665,12 @@ fn tensor_seed() -> Seed {
         t("q6_k", vec![256], 14, data(210)),
         t("bf16", vec![2, 2, 1, 1], 30, data(8)),
     ];
-    Seed::new(build(
-        &[("general.architecture", V::str("llama"))],
-        &tensors,
-    ))
+    Seed::new(build(&[("general.architecture", V::str("llama"))], &tensors).0)
 }
 
 /// Everything a consumer may read from a parsed file. Returns how far it got: 0 refused,
 /// 1 parsed, 2 tokenizer built too.
-fn exercise(bytes: &[u8]) -> usize {
+fn exercise(bytes: &[u8], rng: &mut Rng) -> usize {
     let Ok(g) = Gguf::parse(bytes) else { return 0 };
     fn walk(v: Value<'_>, sink: &mut u64) {
         match v {
@@ -506,14 +722,39 @@ fn exercise(bytes: &[u8]) -> usize {
         "Hello world",
         " <s>x</s> 123",
         "\u{1F999}é\n\n",
+        "日本語のテキスト，中文。",
         "",
-        "<|eot_id|>",
+        "<|eot_id|><|begin_of_text|><unk>",
+        "  'll 42\t\r\n",
     ] {
         for (add, parse) in [(false, false), (true, false), (false, true), (true, true)] {
             let ids = tok.encode(text, add, parse);
             let _ = tok.decode(&ids, add, parse);
         }
     }
+    // Any ids, the vocabulary's and past it, through every way of printing them.
+    let n = tok.vocab_size() as u64;
+    let ids: Vec<u32> = (0..rng.below(16))
+        .map(|_| match rng.below(4) {
+            0 => rng.next_u64() as u32,
+            1 => (n + rng.below(4) as u64) as u32,
+            _ => (rng.next_u64() % n) as u32,
+        })
+        .collect();
+    for (remove, unparse) in [(false, false), (true, true)] {
+        let _ = tok.decode(&ids, remove, unparse);
+    }
+    let mut prev = tok.bos().unwrap_or(0);
+    for &id in &ids {
+        let _ = (
+            tok.decode_piece(prev, id),
+            tok.piece(id, true),
+            tok.text(id),
+        );
+        let _ = (tok.is_eog(id), tok.is_control(id));
+        prev = id;
+    }
+    let _ = tok.eog_ids().count();
     2
 }
 
@@ -550,6 +791,9 @@ fn fuzz_gguf_reader_dequantisers_and_tokenizer_builder() {
                 ("tokenizer.ggml.eos_token_id", V::U32(2)),
             ],
         ),
+        model_seed("gguf/models/stories260K-f32.gguf"),
+        model_seed("gguf/models/stories260K-f16.gguf"),
+        model_seed("gguf/models/stories260K-q8_0.gguf"),
         model_seed("gguf/models/stories260K-q4_0.gguf"),
     ]
     .into_iter()
@@ -559,23 +803,42 @@ fn fuzz_gguf_reader_dequantisers_and_tokenizer_builder() {
         return;
     }
     for s in &seeds {
-        assert_eq!(exercise(&s.bytes), 2, "a seed does not build a tokenizer");
+        assert_eq!(
+            exercise(&s.bytes, &mut Rng::new(1)),
+            2,
+            "a seed does not build a tokenizer"
+        );
     }
     seeds.push(tensor_seed());
+    let big = big_seeds(&[
+        "gguf/vocab/ggml-vocab-gpt-2.gguf",
+        "gguf/vocab/ggml-vocab-llama-bpe.gguf",
+        "gguf/vocab/ggml-vocab-llama-spm.gguf",
+        "gguf/models/synth-llama3-f16.gguf",
+        "gguf/models/synth-llama3-q8_0.gguf",
+        "gguf/models/synth-llama3-q6_k.gguf",
+        "gguf/models/synth-llama3-q4_k_m.gguf",
+    ]);
     let refs: Vec<&[u8]> = seeds.iter().map(|s| s.bytes.as_slice()).collect();
     let mut reached = [0usize; 3];
+    let mut big_cases = 0;
     run("gguf", cases(), |rng, input| {
-        let s = &seeds[rng.below(seeds.len())];
-        *input = s.bytes.clone();
-        mutate(rng, input, &s.fields, &refs);
+        let s = if !big.is_empty() && rng.below(BIG_RATE) == 0 {
+            big_cases += 1;
+            &big[rng.below(big.len())]
+        } else {
+            &seeds[rng.below(seeds.len())]
+        };
+        *input = s.mutated(rng, &refs);
         let mut level = 0;
-        let largest = largest_alloc_in(|| level = exercise(input));
+        let largest = largest_alloc_in(|| level = exercise(input, rng));
         reached[level] += 1;
         (largest, alloc_bound(input.len()))
     });
     eprintln!(
-        "gguf: {} seeds; of the mutated files {} were refused, {} parsed without a tokenizer, {} built one",
+        "gguf: {} seeds and {} whole fixtures ({big_cases} cases); of the mutated files {} were refused, {} parsed without a tokenizer, {} built one",
         seeds.len(),
+        big.len(),
         reached[0],
         reached[1],
         reached[2]
@@ -597,15 +860,26 @@ fn fuzz_gguf_model_loader_and_one_step() {
     if seeds.is_empty() {
         return;
     }
+    let big = big_seeds(&[
+        "gguf/models/synth-llama3-f16.gguf",
+        "gguf/models/synth-llama3-q8_0.gguf",
+        "gguf/models/synth-llama3-q6_k.gguf",
+        "gguf/models/synth-llama3-q4_k_m.gguf",
+    ]);
     let refs: Vec<&[u8]> = seeds.iter().map(|s| s.bytes.as_slice()).collect();
     let dir = common::temp_dir("fuzz-model");
     let path = dir.join("m.gguf");
     let mut outcome = [0usize; 3];
+    let mut big_cases = 0;
     // A tenth of the cases: each writes a file and loads a model.
     run("model", cases().div_ceil(10), |rng, input| {
-        let s = &seeds[rng.below(seeds.len())];
-        *input = s.bytes.clone();
-        mutate(rng, input, &s.fields, &refs);
+        let s = if !big.is_empty() && rng.below(BIG_MODEL_RATE) == 0 {
+            big_cases += 1;
+            &big[rng.below(big.len())]
+        } else {
+            &seeds[rng.below(seeds.len())]
+        };
+        *input = s.mutated(rng, &refs);
         std::fs::write(&path, &*input).unwrap();
         let mut level = 0;
         let largest = largest_alloc_in(|| {
@@ -629,7 +903,7 @@ fn fuzz_gguf_model_loader_and_one_step() {
     });
     std::fs::remove_dir_all(&dir).ok();
     eprintln!(
-        "model: of the mutated files {} were refused, {} loaded but refused the step, {} ran a step",
+        "model: {big_cases} cases on the synthesised Llama-3 fixtures; of the mutated files {} were refused, {} loaded but refused the step, {} ran a step",
         outcome[0], outcome[1], outcome[2]
     );
 }
@@ -671,7 +945,7 @@ fn random_text(rng: &mut Rng, corpus: &[&[u8]]) -> String {
         // Mutated test texts.
         _ => {
             let mut t = corpus[rng.below(corpus.len())].to_vec();
-            mutate(rng, &mut t, &[], corpus);
+            mutate(rng, &mut t, &Fields::default(), corpus);
             String::from_utf8_lossy(&t).into_owned()
         }
     }
@@ -687,8 +961,28 @@ fn fuzz_tokenizers_on_text() {
             return;
         };
         let bytes = std::fs::read(&p).unwrap();
-        toks.push(GgufTokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap());
+        let g = Gguf::parse(&bytes).unwrap();
+        toks.push(GgufTokenizer::from_gguf(&g).unwrap());
         corpus_files.push(std::fs::read(format!("{}.inp", p.display())).unwrap());
+        if name == "gpt-2" {
+            // GPT-2's vocabulary under every other pre-tokenizer, so each splitter sees all
+            // the texts (its merges then apply to other words, which is all a fuzz needs).
+            for pre in Pre::NAMES.iter().filter(|&&p| p != "gpt-2") {
+                let kvs: Vec<(String, V)> = g
+                    .metadata()
+                    .iter()
+                    .map(|(k, v)| match *k {
+                        "tokenizer.ggml.pre" => (k.to_string(), V::str(pre)),
+                        _ => (k.to_string(), to_v(*v)),
+                    })
+                    .collect();
+                let refs: Vec<(&str, V)> =
+                    kvs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                let (bytes, _) = build(&refs, &[]);
+                let g = Gguf::parse(&bytes).unwrap();
+                toks.push(GgufTokenizer::from_gguf(&g).unwrap());
+            }
+        }
     }
     let sep = b"\n__ggml_vocab_test__\n";
     let mut corpus: Vec<&[u8]> = Vec::new();
@@ -699,26 +993,38 @@ fn fuzz_tokenizers_on_text() {
             rest = &rest[p + sep.len()..];
         }
     }
-    let mut case = 0usize;
     run("tokenizer", cases(), |rng, input| {
-        let tok = &toks[case % toks.len()];
-        case += 1;
+        // A quarter each for SentencePiece and Llama 3's BPE, half for GPT-2's vocabulary under
+        // the pre-tokenizers.
+        let tok = match rng.below(4) {
+            0 => &toks[0],
+            1 => &toks[1],
+            _ => &toks[2 + rng.below(toks.len() - 2)],
+        };
         let text = random_text(rng, &corpus);
         *input = text.clone().into_bytes();
         let (add, parse) = (rng.below(2) == 0, rng.below(2) == 0);
         let largest = largest_alloc_in(|| {
             let ids = tok.encode(&text, add, parse);
             let _ = tok.decode(&ids, rng.below(2) == 0, rng.below(2) == 0);
-            // Byte-level BPE without special tokens in play gives the bytes back exactly.
-            if !parse && !add && matches!(tok.kind(), Kind::Bpe(_)) {
+            // Without special tokens in play, the pieces give the text back exactly:
+            // byte-level BPE maps every byte to a token; SentencePiece writes spaces as U+2581
+            // and puts one before the text, and falls back to byte tokens for the rest.
+            if !parse && !add {
                 let pieces: Vec<u8> = ids
                     .iter()
                     .flat_map(|&i| tok.piece(i, false).to_vec())
                     .collect();
-                assert_eq!(
-                    String::from_utf8_lossy(&pieces),
-                    text,
-                    "BPE pieces do not give the text back"
+                let want = match tok.kind() {
+                    Kind::Bpe(_) => text.clone(),
+                    Kind::Spm if text.is_empty() => String::new(),
+                    Kind::Spm => format!(" {}", text.replace('\u{2581}', " ")),
+                };
+                assert!(
+                    pieces == want.as_bytes(),
+                    "{:?}: the pieces {:?} do not give the text {want:?} back",
+                    tok.kind(),
+                    String::from_utf8_lossy(&pieces)
                 );
             }
             let mut random_ids = ids;
