@@ -180,7 +180,17 @@ fn run(name: &str, cases: usize, mut one: impl FnMut(&mut Rng, &mut Vec<u8>) -> 
     let watchdog = Watchdog::start(name);
     let mut failure = None;
     let (mut largest_ratio, mut slowest) = (0f64, Duration::ZERO);
+    let mut reported = Instant::now();
     for case in 0..cases {
+        if reported.elapsed() > Duration::from_secs(60) {
+            // Long runs say how far they are.
+            eprintln!(
+                "{name}: {case} cases (FUZZ_SEED={}) in {:.0} s",
+                seed(),
+                start.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
         let mut case_rng = Rng::new(rng.next_u64());
         let mut input = Vec::new();
         let t = Instant::now();
@@ -247,7 +257,7 @@ fn run(name: &str, cases: usize, mut one: impl FnMut(&mut Rng, &mut Vec<u8>) -> 
 // Mutations
 // ---------------------------------------------------------------------------------------------
 
-const INTERESTING: [u64; 31] = [
+const INTERESTING: [u64; 36] = [
     0,
     1,
     2,
@@ -270,6 +280,12 @@ const INTERESTING: [u64; 31] = [
     256,
     0x7FFF,
     0xFFFF,
+    // The largest sizes a model configuration allows (model_config's MAX_*).
+    1 << 10,
+    1 << 16,
+    1 << 18,
+    1 << 20,
+    1 << 21,
     0x7FFF_FFFF,
     0x8000_0000,
     0xFFFF_FFFF,
@@ -591,12 +607,26 @@ fn small_vocab(path: &str, n: usize, extra: &[&str], keys: &[(&str, V)]) -> Opti
 /// A GGUF model fixture rebuilt with the builder (so its header fields are known), with its
 /// metadata and tensors as they are.
 fn model_seed(path: &str) -> Option<Seed> {
+    let seed = Seed::new(rebuilt(path, &[])?);
+    assert!(Gguf::parse(&seed.bytes).is_ok(), "{path} rebuilt");
+    Some(seed)
+}
+
+/// A GGUF fixture written again by the builder, with the values of the keys in `replace`
+/// changed.
+fn rebuilt(path: &str, replace: &[(&str, V)]) -> Option<Vec<u8>> {
     let bytes = std::fs::read(fixture(path)?).unwrap();
     let g = Gguf::parse(&bytes).unwrap();
     let kvs: Vec<(String, V)> = g
         .metadata()
         .iter()
-        .map(|(k, v)| (k.to_string(), to_v(*v)))
+        .map(|(k, v)| {
+            let v = replace
+                .iter()
+                .find(|(r, _)| r == k)
+                .map_or_else(|| to_v(*v), |(_, r)| r.clone());
+            (k.to_string(), v)
+        })
         .collect();
     let refs: Vec<(&str, V)> = kvs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let tensors: Vec<T> = g
@@ -609,9 +639,7 @@ fn model_seed(path: &str) -> Option<Seed> {
             data: g.data(t).to_vec(),
         })
         .collect();
-    let seed = Seed::new(build(&refs, &tensors).0);
-    assert!(Gguf::parse(&seed.bytes).is_ok(), "{path} rebuilt");
-    Some(seed)
+    Some(build(&refs, &tensors).0)
 }
 
 fn ggml_id(name: &str) -> u32 {
