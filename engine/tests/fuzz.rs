@@ -1072,3 +1072,42 @@ fn fuzz_tokenizers_on_text() {
         (largest, alloc_bound(input.len()))
     });
 }
+
+/// A GGUF claiming a context of 2^20 positions (the most a configuration allows) made every
+/// session compute RoPE tables for all of them, 2 × 64 MiB for this 1 MB file with 32-value
+/// heads, even for a KV cache of 8 positions (found reading what the model target reaches).
+#[test]
+fn a_session_computes_rope_only_for_the_positions_it_holds() {
+    let Some(bytes) = rebuilt(
+        "gguf/models/stories260K-f32.gguf",
+        &[
+            ("llama.context_length", V::U32(1 << 20)),
+            ("llama.attention.head_count", V::U32(2)),
+            ("llama.attention.head_count_kv", V::U32(1)),
+            ("llama.rope.dimension_count", V::U32(32)),
+        ],
+    ) else {
+        return;
+    };
+    let dir = common::temp_dir("fuzz-rope");
+    let path = dir.join("long-context.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let model = Model::open(&path, Realign::Never).unwrap();
+    assert_eq!(model.config().seq_len, 1 << 20);
+    assert_eq!(model.config().head_dim(), 32);
+    let largest = largest_alloc_in(|| {
+        let options = SessionOptions {
+            positions: Some(8),
+            ..Default::default()
+        };
+        let mut session = Session::with_options(&model, Backend::generic(None).unwrap(), options);
+        assert!(session.step(1).unwrap().iter().all(|l| l.is_finite()));
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    // What stays sized by the claimed context: one row of attention scores per thread (4 MiB).
+    assert!(
+        largest <= 16 << 20,
+        "a session of 8 positions allocated {largest} bytes at once for a {}-byte file",
+        bytes.len()
+    );
+}
