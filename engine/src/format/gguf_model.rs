@@ -356,8 +356,11 @@ fn convert(
         ty: t.ty,
     };
     Ok(match t.ty {
-        GgmlType::F32 => Tensor::Mapped(t.range.clone()),
-        GgmlType::F16 | GgmlType::BF16 => {
+        // Read in place when 4-byte aligned (the mapping starts on a page boundary). A
+        // `general.alignment` of 1 or 2 is a power of two, which llama.cpp accepts, and may put
+        // an F32 tensor off the grid: that one is copied.
+        GgmlType::F32 if t.range.start.is_multiple_of(4) => Tensor::Mapped(t.range.clone()),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
             let mut v = AlignedVec::zeros(n);
             dequantize(t.ty, data, &mut v);
             Tensor::F32(v)
@@ -483,4 +486,40 @@ pub fn load(g: &Gguf, cfg: ModelConfig) -> Result<GgufModel, GgufModelError> {
             .collect(),
         notices,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::gguf::tests::Writer;
+
+    /// `general.alignment = 1` (a power of two, so accepted) put F32 tensors at odd offsets,
+    /// and reading one in place panicked on its alignment assert (found while fuzzing; the
+    /// fuzz seeds had no `general.alignment` for a mutation to change).
+    #[test]
+    fn f32_tensors_off_the_4_byte_grid_are_copied() {
+        let values = [1.5f32, -2.0, 3.25];
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Key names of different lengths move the data section over every residue mod 4.
+        let mut off_grid = 0;
+        for pad in 0..4 {
+            let mut w = Writer::new()
+                .u32("general.alignment", 1)
+                .str(&"k".repeat(1 + pad), "v")
+                .tensor("t", &[3], 0, data.clone());
+            w.alignment = 1;
+            let bytes = w.bytes();
+            let g = Gguf::parse(&bytes).unwrap();
+            let t = g.tensor("t").unwrap();
+            off_grid += usize::from(!t.range.start.is_multiple_of(4));
+            let tensor = convert(&g, t, &mut Vec::new(), false).unwrap();
+            assert_eq!(
+                tensor.f32s(&bytes).unwrap(),
+                values,
+                "data at byte {}",
+                t.range.start
+            );
+        }
+        assert_eq!(off_grid, 3);
+    }
 }
