@@ -738,3 +738,65 @@ fn fuzz_tokenizers_on_text() {
         (largest, alloc_bound(input.len()))
     });
 }
+
+/// A GGUF claiming a context of 2^20 positions made every session compute RoPE tables for all
+/// of them (2 × 64 MiB for this 1 MB file with 32-value heads), even for a KV cache of 8
+/// positions. Found by fuzzing the model loader (helper branch `fuzz`); not ignored.
+#[test]
+fn a_session_computes_rope_only_for_the_positions_it_holds() {
+    let Some(path) = fixture("gguf/models/stories260K-f32.gguf") else {
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let changed = [
+        ("llama.context_length", V::U32(1 << 20)),
+        ("llama.attention.head_count", V::U32(2)),
+        ("llama.attention.head_count_kv", V::U32(1)),
+        ("llama.rope.dimension_count", V::U32(32)),
+    ];
+    let kvs: Vec<(String, V)> = g
+        .metadata()
+        .iter()
+        .map(|(k, v)| {
+            let v = changed
+                .iter()
+                .find(|(c, _)| c == k)
+                .map_or_else(|| to_v(*v), |(_, v)| v.clone());
+            (k.to_string(), v)
+        })
+        .collect();
+    let refs: Vec<(&str, V)> = kvs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let tensors: Vec<T> = g
+        .tensors()
+        .iter()
+        .map(|t| T {
+            name: t.name.to_string(),
+            dims: t.dims.iter().map(|&d| d as u64).collect(),
+            type_id: ggml_id(t.ty.name()),
+            data: g.data(t).to_vec(),
+        })
+        .collect();
+    let file = build(&refs, &tensors).0;
+    let dir = common::temp_dir("fuzz-rope");
+    let path = dir.join("long-context.gguf");
+    std::fs::write(&path, &file).unwrap();
+    let model = Model::open(&path, Realign::Never).unwrap();
+    assert_eq!(model.config().seq_len, 1 << 20);
+    assert_eq!(model.config().head_dim(), 32);
+    let largest = largest_alloc_in(|| {
+        let options = SessionOptions {
+            positions: Some(8),
+            ..Default::default()
+        };
+        let mut session = Session::with_options(&model, Backend::generic(None).unwrap(), options);
+        assert!(session.step(1).unwrap().iter().all(|l| l.is_finite()));
+    });
+    std::fs::remove_dir_all(&dir).ok();
+    // What stays sized by the claimed context: a row of attention scores per thread (4 MiB).
+    assert!(
+        largest <= 16 << 20,
+        "a session of 8 positions allocated {largest} bytes at once for a {}-byte file",
+        file.len()
+    );
+}

@@ -140,7 +140,8 @@ impl<'m> Session<'m> {
             model,
             weights,
             backend: backend.for_weights(cfg.weight_format),
-            rope: Rope::new(cfg),
+            // Every position is checked against the context (`check`) before it is rotated.
+            rope: Rope::with_positions(cfg, cfg.seq_len.min(kv.capacity())),
             state,
             kv,
             seq,

@@ -88,11 +88,17 @@ pub struct Rope {
 impl Rope {
     /// Tables for `c.seq_len` positions.
     pub fn new(c: &ModelConfig) -> Self {
+        Self::with_positions(c, c.seq_len)
+    }
+
+    /// Tables for positions `0..positions`: a session needs only as many as its KV cache
+    /// holds, however long a context the model file claims.
+    pub fn with_positions(c: &ModelConfig, positions: usize) -> Self {
         let (hs, half) = (c.head_dim(), c.head_dim() / 2);
-        let mut cos = Vec::with_capacity(c.seq_len * half);
-        let mut sin = Vec::with_capacity(c.seq_len * half);
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
         let factors = c.rope_freq_factors.as_deref();
-        for pos in 0..c.seq_len {
+        for pos in 0..positions {
             for j in 0..half {
                 let freq = 1.0f32 / c.rope_theta.powf((2 * j) as f32 / hs as f32);
                 // Linear scaling and Llama 3.1's per-frequency divisors; both exact no-ops
