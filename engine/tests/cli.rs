@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
@@ -39,23 +38,6 @@ fn assert_clear_error(o: &Output, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "error lacks {n:?}: {err}");
     }
-}
-
-/// A tiny model with the Llama-2 vocabulary, so the real tokenizer works with it.
-fn tiny_32k(dir: &Path, seq_len: usize) -> std::path::PathBuf {
-    let mut cfg = preset("stories15m").unwrap();
-    (
-        cfg.dim,
-        cfg.hidden_dim,
-        cfg.n_layers,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.seq_len,
-    ) = (16, 24, 1, 2, 1, seq_len);
-    cfg.validate().unwrap();
-    let path = dir.join(format!("tiny32k_{seq_len}.bin"));
-    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 1, &path).unwrap();
-    path
 }
 
 #[test]

@@ -9,32 +9,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::fixtures::fixture;
 use engine::text::tokenizer::Tokenizer;
-use model_config::{preset, CheckpointFormat};
 use serde_json::{json, Value};
-
-/// A Llama-2-vocabulary model small enough to run in microseconds per token.
-fn tiny_32k(dir: &Path, seq_len: usize) -> PathBuf {
-    let mut cfg = preset("stories15m").unwrap();
-    (
-        cfg.dim,
-        cfg.hidden_dim,
-        cfg.n_layers,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.seq_len,
-    ) = (16, 24, 1, 2, 1, seq_len);
-    cfg.validate().unwrap();
-    let path = dir.join(format!("tiny32k_{seq_len}.bin"));
-    engine::format::synth::write_checkpoint(&cfg, CheckpointFormat::V1, 1, &path).unwrap();
-    path
-}
 
 /// A running `baremetal serve`; killed when dropped.
 struct Server {
@@ -67,7 +49,7 @@ fn setup(tag: &str, seq_len: usize) -> Option<Setup> {
     let tokenizer = fixture("models/tokenizer.bin")?;
     let dir = common::temp_dir(&format!("serve-{tag}"));
     Some(Setup {
-        model: tiny_32k(&dir, seq_len),
+        model: common::tiny_32k(&dir, seq_len),
         tokenizer: Some(tokenizer),
     })
 }

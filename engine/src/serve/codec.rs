@@ -9,7 +9,7 @@
 //! template, or a built-in one for models that carry none (llama2.c checkpoints).
 
 use crate::text::chat_template::{
-    builtin_source, strip_added_specials, ChatTemplate, Message, TemplateError, BUILTIN_TEMPLATES,
+    builtin_source_or_err, strip_added_specials, ChatTemplate, Message, TemplateError,
 };
 use crate::text::ModelTokenizer;
 
@@ -179,15 +179,7 @@ impl JinjaChat {
 
     /// The built-in template `name` (chatml, llama2, llama3, zephyr).
     pub fn builtin(name: &str) -> Result<Self, TemplateError> {
-        let source = builtin_source(name).ok_or_else(|| TemplateError::UnknownBuiltin {
-            name: name.to_string(),
-            known: BUILTIN_TEMPLATES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-        Self::new(source, name)
+        Self::new(builtin_source_or_err(name)?, name)
     }
 }
 

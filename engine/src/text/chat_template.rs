@@ -90,6 +90,18 @@ pub fn builtin_source(name: &str) -> Option<&'static str> {
         .map(|(_, src)| *src)
 }
 
+/// The source of the built-in template `name`, or the error that lists the built-in names.
+pub fn builtin_source_or_err(name: &str) -> Result<&'static str, TemplateError> {
+    builtin_source(name).ok_or_else(|| TemplateError::UnknownBuiltin {
+        name: name.to_string(),
+        known: BUILTIN_TEMPLATES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 /// One chat turn for [`ChatTemplate::render_conversation`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -189,15 +201,7 @@ impl ChatTemplate {
 
     /// The built-in template `name` (see [`BUILTIN_TEMPLATES`]).
     pub fn builtin(name: &str) -> Result<Self, TemplateError> {
-        let source = builtin_source(name).ok_or_else(|| TemplateError::UnknownBuiltin {
-            name: name.to_string(),
-            known: BUILTIN_TEMPLATES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-        Self::new(source)
+        Self::new(builtin_source_or_err(name)?)
     }
 
     /// Renders with `context`'s keys as the template's variables (`messages`,

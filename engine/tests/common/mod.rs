@@ -60,3 +60,22 @@ pub struct Logits {
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// A model with the Llama 2 vocabulary small enough to run in microseconds per token (random
+/// weights), so the real `tokenizer.bin` works with it.
+pub fn tiny_32k(dir: &Path, seq_len: usize) -> PathBuf {
+    let mut cfg = model_config::preset("stories15m").unwrap();
+    (
+        cfg.dim,
+        cfg.hidden_dim,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.seq_len,
+    ) = (16, 24, 1, 2, 1, seq_len);
+    cfg.validate().unwrap();
+    let path = dir.join(format!("tiny32k_{seq_len}.bin"));
+    engine::format::synth::write_checkpoint(&cfg, model_config::CheckpointFormat::V1, 1, &path)
+        .unwrap();
+    path
+}
